@@ -1,0 +1,31 @@
+// Plugin "parameterizations": what the model predicts. The SDK's Parameterization converts the
+// prediction to every other quantity through the pair (x0_hat, x1_hat) (DESIGN.md).
+#include "pathline/plugin.hpp"
+
+namespace {
+
+using pathline::Quantity;
+
+template <Quantity Q>
+class Predicts : public pathline::Parameterization {
+ public:
+  Predicts(const pathline::Params&, const pathline::BuildContext&) {}
+  Quantity predicts() const override { return Q; }
+};
+
+template <Quantity Q>
+void add(pathline::Registrar& registrar, const char* doc) {
+  registrar.add_type<pathline::Parameterization, Predicts<Q>>(
+      pathline::ComponentDecl{pathline::to_string(Q), doc, {}});
+}
+
+void register_parameterizations(pathline::Registrar& registrar) {
+  add<Quantity::velocity>(registrar, "the model predicts the velocity u_t = alpha' x1 + sigma' x0");
+  add<Quantity::noise>(registrar, "the model predicts the noise x0 (epsilon-prediction)");
+  add<Quantity::data>(registrar, "the model predicts the data x1 (x-prediction)");
+  add<Quantity::score>(registrar, "the model predicts the score grad log p_t(x_t) = -x0 / sigma_t");
+}
+
+}  // namespace
+
+PATHLINE_PLUGIN("parameterizations", "0.1.0", register_parameterizations)

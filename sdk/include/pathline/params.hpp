@@ -1,0 +1,201 @@
+// Typed parameter specs: every component declares what it accepts; the host validates a TOML
+// table against the specs and hands the component a resolved `Params` with defaults filled in.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "pathline/errors.hpp"
+
+namespace pathline {
+
+enum class ParamType { boolean, integer, real, string, choice, real_list };
+
+inline const char* to_string(ParamType type) {
+  switch (type) {
+    case ParamType::boolean: return "bool";
+    case ParamType::integer: return "integer";
+    case ParamType::real: return "float";
+    case ParamType::string: return "string";
+    case ParamType::choice: return "choice";
+    case ParamType::real_list: return "list of numbers";
+  }
+  return "?";
+}
+
+// A choice is stored as its string; a list of numbers as doubles.
+using ParamValue = std::variant<bool, std::int64_t, double, std::string, std::vector<double>>;
+
+// One declared parameter. Build with the named constructors and refine with the chained setters:
+//   ParamSpec::integer("width", 256, "hidden units per layer").at_least(1)
+struct PATHLINE_API ParamSpec {
+  std::string name;
+  ParamType type = ParamType::real;
+  std::string doc;
+  std::optional<ParamValue> default_value;  // empty: the key is required
+  // Bounds for integer and float parameters, and for every element of a list.
+  std::optional<double> lower, upper;
+  bool lower_open = false, upper_open = false;
+  std::vector<std::string> choices;     // for ParamType::choice
+  std::optional<std::size_t> list_size;  // for ParamType::real_list: exact length
+
+  static ParamSpec boolean(std::string name, bool value, std::string doc) {
+    return make(std::move(name), ParamType::boolean, value, std::move(doc));
+  }
+  static ParamSpec integer(std::string name, std::int64_t value, std::string doc) {
+    return make(std::move(name), ParamType::integer, value, std::move(doc));
+  }
+  static ParamSpec real(std::string name, double value, std::string doc) {
+    return make(std::move(name), ParamType::real, value, std::move(doc));
+  }
+  static ParamSpec string(std::string name, std::string value, std::string doc) {
+    return make(std::move(name), ParamType::string, std::move(value), std::move(doc));
+  }
+  static ParamSpec choice(std::string name, std::vector<std::string> options, std::string value,
+                          std::string doc) {
+    ParamSpec spec = make(std::move(name), ParamType::choice, std::move(value), std::move(doc));
+    spec.choices = std::move(options);
+    return spec;
+  }
+  static ParamSpec real_list(std::string name, std::vector<double> value, std::string doc) {
+    return make(std::move(name), ParamType::real_list, std::move(value), std::move(doc));
+  }
+
+  // The key has no default and must be given.
+  ParamSpec required() const {
+    ParamSpec copy = *this;
+    copy.default_value.reset();
+    return copy;
+  }
+  ParamSpec at_least(double v) const { return bound(v, false, true); }
+  ParamSpec greater_than(double v) const { return bound(v, true, true); }
+  ParamSpec at_most(double v) const { return bound(v, false, false); }
+  ParamSpec less_than(double v) const { return bound(v, true, false); }
+  ParamSpec range(double lo, double hi) const { return at_least(lo).at_most(hi); }
+  ParamSpec size(std::size_t n) const {
+    ParamSpec copy = *this;
+    copy.list_size = n;
+    return copy;
+  }
+
+  bool is_required() const { return !default_value.has_value(); }
+
+  // Checks a number against the bounds; returns a description of the violated bound, or "".
+  std::string check_bounds(double v) const {
+    if (std::isnan(v)) return "must be a number, not nan";
+    if (lower && (lower_open ? !(v > *lower) : !(v >= *lower)))
+      return std::string(lower_open ? "must be > " : "must be >= ") + format_number(*lower);
+    if (upper && (upper_open ? !(v < *upper) : !(v <= *upper)))
+      return std::string(upper_open ? "must be < " : "must be <= ") + format_number(*upper);
+    return "";
+  }
+
+  // "[1, inf)", "(0, 1]", or "" when unbounded.
+  std::string range_text() const {
+    if (!lower && !upper) return "";
+    std::string text = lower ? (lower_open ? "(" : "[") + format_number(*lower) : "(-inf";
+    text += ", ";
+    text += upper ? format_number(*upper) + (upper_open ? ")" : "]") : "inf)";
+    return text;
+  }
+
+  static std::string format_number(double v) {
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+    if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<long long>(v));
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.6g", v);
+    return buffer;
+  }
+
+ private:
+  static ParamSpec make(std::string name, ParamType type, ParamValue value, std::string doc) {
+    ParamSpec spec;
+    spec.name = std::move(name);
+    spec.type = type;
+    spec.doc = std::move(doc);
+    spec.default_value = std::move(value);
+    return spec;
+  }
+  ParamSpec bound(double v, bool open, bool is_lower) const {
+    ParamSpec copy = *this;
+    (is_lower ? copy.lower : copy.upper) = v;
+    (is_lower ? copy.lower_open : copy.upper_open) = open;
+    return copy;
+  }
+};
+
+// Renders a value the way it would be written in TOML.
+inline std::string format_value(const ParamValue& value) {
+  struct Visitor {
+    std::string operator()(bool v) const { return v ? "true" : "false"; }
+    std::string operator()(std::int64_t v) const { return std::to_string(v); }
+    std::string operator()(double v) const {
+      char buffer[32];
+      std::snprintf(buffer, sizeof buffer, "%.17g", v);
+      std::string text = buffer;
+      if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
+      return text;
+    }
+    std::string operator()(const std::string& v) const {
+      std::string out = "\"";
+      for (char c : v) {
+        if (c == '"' || c == '\\') out += '\\';
+        out += c;
+      }
+      return out + "\"";
+    }
+    std::string operator()(const std::vector<double>& v) const {
+      std::string out = "[";
+      for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + (*this)(v[i]);
+      return out + "]";
+    }
+  };
+  return std::visit(Visitor{}, value);
+}
+
+// The resolved parameters of one component: every declared key present, defaults filled in, all
+// validated. Components read them once, in their constructor.
+class PATHLINE_API Params {
+ public:
+  Params() = default;
+  explicit Params(std::map<std::string, ParamValue> values) : values_(std::move(values)) {}
+
+  bool boolean(const std::string& key) const { return get<bool>(key); }
+  std::int64_t integer(const std::string& key) const { return get<std::int64_t>(key); }
+  double real(const std::string& key) const {
+    const ParamValue& v = at(key);
+    if (auto* i = std::get_if<std::int64_t>(&v)) return static_cast<double>(*i);
+    return get<double>(key);
+  }
+  const std::string& string(const std::string& key) const { return get<std::string>(key); }
+  const std::vector<double>& real_list(const std::string& key) const {
+    return get<std::vector<double>>(key);
+  }
+
+  bool contains(const std::string& key) const { return values_.count(key) != 0; }
+  const ParamValue& at(const std::string& key) const {
+    auto it = values_.find(key);
+    if (it == values_.end()) throw Error("parameter '" + key + "' was not declared by the component");
+    return it->second;
+  }
+  void set(const std::string& key, ParamValue value) { values_[key] = std::move(value); }
+  const std::map<std::string, ParamValue>& values() const { return values_; }
+
+ private:
+  template <class T>
+  const T& get(const std::string& key) const {
+    const ParamValue& v = at(key);
+    if (auto* p = std::get_if<T>(&v)) return *p;
+    throw Error("parameter '" + key + "' read with the wrong type");
+  }
+  std::map<std::string, ParamValue> values_;
+};
+
+}  // namespace pathline

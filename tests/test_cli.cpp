@@ -1,0 +1,178 @@
+// The `pathline` command line: exit codes (0 ok, 2 usage or invalid config, 1 failure while
+// running), messages on stderr, results on stdout, and nothing written by a failed validation.
+#include "support/support.hpp"
+
+namespace pathline {
+namespace {
+
+using testing::lines_of;
+using testing::run_cli;
+using testing::TempDir;
+using testing::write_text;
+
+const std::string kGood =
+    "[dataset]\ntype = \"toy2d\"\nshape = \"moons\"\n[model]\ntype = \"mlp\"\nwidth = 16\ndepth = 1\n"
+    "[train]\nsteps = 5\nbatch_size = 32\n[sample]\nn = 64\ntrajectories = 4\n[solver]\ntype = \"euler\"\nsteps = 4\n";
+
+TEST(Cli, VersionAndHelp) {
+  auto v = run_cli("--version");
+  EXPECT_EQ(v.code, 0);
+  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI ") + std::to_string(PATHLINE_SDK_ABI_VERSION) + ", LibTorch " +
+                       TORCH_VERSION + ")\n");
+  EXPECT_EQ(run_cli("--help").code, 0);
+  EXPECT_EQ(run_cli("").code, 2);
+  for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "sample"}) {
+    auto h = run_cli(cmd + " --help");
+    EXPECT_EQ(h.code, 0) << cmd;
+    EXPECT_EQ(h.out.rfind("Usage: pathline " + cmd, 0), 0u) << h.out;
+    EXPECT_NE(h.out.find("--plugin-dir"), std::string::npos) << cmd;
+  }
+}
+
+TEST(Cli, UnknownCommandAndOptionAreUsageErrors) {
+  auto r = run_cli("trian x.toml");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(lines_of(r.err)[0], "pathline: unknown command 'trian'; did you mean 'train'?");
+  auto o = run_cli("validate --bogus");
+  EXPECT_EQ(o.code, 2);
+  EXPECT_EQ(o.err, "pathline validate: unrecognised option '--bogus' (see 'pathline validate --help')\n");
+  auto m = run_cli("validate");
+  EXPECT_EQ(m.code, 2);
+  EXPECT_EQ(m.err, "pathline validate: missing CONFIG (a pipeline TOML file) (see 'pathline validate --help')\n");
+}
+
+TEST(Cli, PluginsListsEveryKindWithItsFile) {
+  auto r = run_cli("plugins");
+  EXPECT_EQ(r.code, 0) << r.err;
+  for (Kind k : kAllKinds) EXPECT_NE(r.out.find(std::string("\n") + to_string(k) + ":\n"), std::string::npos) << to_string(k);
+  EXPECT_NE(r.out.find("libpathline_solvers.so"), std::string::npos);
+  EXPECT_NE(r.out.find("  rk4 "), std::string::npos);
+  EXPECT_EQ(r.out.find("Failed to load"), std::string::npos);
+}
+
+TEST(Cli, PluginDirAndEnvironmentAddPluginsAndReportBrokenOnes) {
+  auto r = run_cli("plugins --plugin-dir '" + std::string(PATHLINE_FIXTURE_DIR) + "'");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("fixture-good"), std::string::npos);
+  EXPECT_NE(r.out.find("fixture_path"), std::string::npos);
+  EXPECT_NE(r.out.find("Failed to load:"), std::string::npos);
+  EXPECT_NE(r.out.find("stage 'abi-version': expected SDK ABI version"), std::string::npos);
+  auto e = run_cli("inspect path fixture_path", {}, "PATHLINE_PLUGIN_PATH='" + std::string(PATHLINE_FIXTURE_DIR) + "'");
+  EXPECT_EQ(e.code, 0) << e.err;
+  EXPECT_NE(e.out.find("from plugin 'fixture-good' 1.2.3"), std::string::npos);
+  // Broken plugins are warnings, one line each, on stderr.
+  for (const auto& line : lines_of(e.err)) EXPECT_EQ(line.rfind("pathline: warning: plugin ", 0), 0u) << line;
+  EXPECT_EQ(lines_of(e.err).size(), 9u);
+}
+
+TEST(Cli, InspectShowsEveryParameter) {
+  auto r = run_cli("inspect model mlp");
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("model 'mlp'\n", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("from plugin 'models-mlp'"), std::string::npos);
+  for (std::string key : {"width", "depth", "activation", "time_embedding"})
+    EXPECT_NE(r.out.find("  " + key + " "), std::string::npos) << key;
+  EXPECT_NE(r.out.find("default 256, range [1, inf)"), std::string::npos) << r.out;
+  EXPECT_EQ(run_cli("inspect model.mlp").out, r.out);
+  auto t = run_cli("inspect train");
+  EXPECT_EQ(t.code, 0);
+  EXPECT_NE(t.out.find("betas"), std::string::npos);
+  auto k = run_cli("inspect modle mlp");
+  EXPECT_EQ(k.code, 2);
+  EXPECT_EQ(k.err.rfind("pathline inspect: unknown kind 'modle'; did you mean 'model'? kinds: dataset, path, ", 0), 0u) << k.err;
+  auto n = run_cli("inspect solver rk5");
+  EXPECT_EQ(n.code, 2);
+  EXPECT_EQ(n.err.rfind("pathline inspect: unknown solver 'rk5'; did you mean 'rk4'? registered: ", 0), 0u) << n.err;
+}
+
+TEST(Cli, ValidateReportsAllProblemsWritesNothingAndExits2) {
+  TempDir dir;
+  write_text(dir / "bad.toml",
+             "[dataset]\ntype = \"toy2d\"\nshape = \"moonz\"\n[model]\ntype = \"mlp\"\nwidth = -1\n[train]\nsteps = \"x\"\n");
+  for (std::string cmd : {"validate", "run", "train"}) {
+    auto r = run_cli(cmd + " bad.toml", dir.path());
+    EXPECT_EQ(r.code, 2) << cmd;
+    EXPECT_EQ(r.out, "") << cmd;
+    auto lines = lines_of(r.err);
+    ASSERT_EQ(lines.size(), 3u) << r.err;
+    EXPECT_EQ(lines[0].rfind("bad.toml:3:9: dataset.shape: expected one of", 0), 0u) << lines[0];
+    EXPECT_EQ(lines[1], "bad.toml:6:9: model.width = -1 is out of range: must be >= 1");
+    EXPECT_EQ(lines[2], "bad.toml:8:9: train.steps: expected an integer, found a string (\"x\")");
+    // Nothing was written anywhere.
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 1) << cmd;
+  }
+}
+
+TEST(Cli, ValidateAcceptsGoodConfigAndOverrides) {
+  TempDir dir;
+  write_text(dir / "good.toml", kGood);
+  auto r = run_cli("validate good.toml --print --set solver.type=rk4", dir.path());
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.err, "good.toml: valid\n");
+  EXPECT_NE(r.out.find("[solver]\ntype = \"rk4\"\nsteps = 4\n"), std::string::npos) << r.out;
+  auto bad = run_cli("validate good.toml --set solver.steps=0", dir.path());
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_EQ(bad.err, "--set solver.steps=0: solver.steps = 0 is out of range: must be >= 1\n");
+}
+
+TEST(Cli, CudaRequestedWithoutCudaIsAConfigError) {
+  if (torch::cuda::is_available()) GTEST_SKIP();
+  TempDir dir;
+  write_text(dir / "good.toml", kGood);
+  auto r = run_cli("run good.toml --set run.device=cuda", dir.path());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err,
+            "--set run.device=cuda: run.device = \"cuda\", but CUDA is not available to this LibTorch build "
+            "(torch::cuda::is_available() is false); use \"cpu\"\n");
+  EXPECT_FALSE(std::filesystem::exists(dir / "runs"));
+}
+
+TEST(Cli, MissingConfigFileIsOneLine) {
+  auto r = run_cli("validate /nonexistent/x.toml");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "/nonexistent/x.toml: cannot read the config file: no such file\n");
+}
+
+TEST(Cli, RunTrainAndSampleEndToEnd) {
+  TempDir dir;
+  write_text(dir / "good.toml", kGood);
+  auto r = run_cli("run good.toml", dir.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "runs/good\n");
+  for (std::string f : {"config.toml", "metrics.csv", "model.pt", "samples.npy", "samples.png", "trajectories.png",
+                        "summary.json"})
+    EXPECT_TRUE(std::filesystem::exists(dir / ("runs/good/" + f))) << f;
+  // A second run never overwrites the first.
+  auto again = run_cli("run good.toml", dir.path());
+  EXPECT_EQ(again.code, 0);
+  EXPECT_EQ(again.out, "runs/good-2\n");
+  // Sampling a trained run with another solver, without retraining.
+  auto s = run_cli("sample runs/good --set solver.type=heun --set solver.steps=3", dir.path());
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_EQ(s.out, "runs/good/sample-heun\n");
+  std::string summary = testing::read_text(dir / "runs/good/sample-heun/summary.json");
+  EXPECT_NE(summary.find("\"solver\": \"heun\", \"n\": 64, \"nfe\": 6"), std::string::npos) << summary;
+  // The replayed config is the run's own file.
+  auto replay = run_cli("validate runs/good/config.toml", dir.path());
+  EXPECT_EQ(replay.code, 0) << replay.err;
+}
+
+TEST(Cli, SampleErrors) {
+  TempDir dir;
+  auto missing = run_cli("sample nowhere", dir.path());
+  EXPECT_EQ(missing.code, 2);
+  EXPECT_EQ(missing.err, "pathline sample: nowhere: no such run directory (see 'pathline sample --help')\n");
+  write_text(dir / "good.toml", kGood);
+  ASSERT_EQ(run_cli("train good.toml", dir.path()).code, 0);
+  write_text(dir / "runs/good/model.pt", "not a checkpoint");
+  auto corrupt = run_cli("sample runs/good", dir.path());
+  EXPECT_EQ(corrupt.code, 1);
+  EXPECT_EQ(corrupt.err.rfind("pathline sample: error: runs/good/model.pt: corrupt or incompatible checkpoint: ", 0), 0u)
+      << corrupt.err;
+  EXPECT_EQ(lines_of(corrupt.err).size(), 1u) << corrupt.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/sample-euler"));  // nothing half-made
+  EXPECT_EQ(testing::read_text(dir / "runs/good/model.pt"), "not a checkpoint");
+}
+
+}  // namespace
+}  // namespace pathline

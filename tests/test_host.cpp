@@ -1,0 +1,166 @@
+// The plugin host: good plugins load, every kind of broken plugin is refused with one line naming
+// the file, the stage and what was expected against what was found, and the others still load.
+#include "support/support.hpp"
+
+namespace pathline {
+namespace {
+
+using testing::fixture;
+
+TEST(PluginHost, LoadsGoodPluginAndRegistersItsComponents) {
+  Registry registry;
+  PluginHost host(registry);
+  ASSERT_TRUE(host.load_file(fixture("fixture_good")));
+  EXPECT_TRUE(host.failures().empty());
+  ASSERT_EQ(host.plugins().size(), 1u);
+  EXPECT_EQ(host.plugins()[0]->name, "fixture-good");
+  EXPECT_EQ(host.plugins()[0]->version, "1.2.3");
+  const ComponentEntry* entry = registry.find(Kind::path, "fixture_path");
+  ASSERT_NE(entry, nullptr);
+  EXPECT_EQ(entry->plugin->file, std::filesystem::canonical(fixture("fixture_good")));
+  // The factory works across the boundary and reads its parameter.
+  Params params({{"scale", ParamValue{2.0}}});
+  auto path = registry.create<Path>("fixture_path", params, BuildContext{});
+  auto c = path->coefficients(torch::tensor({0.5}));
+  EXPECT_DOUBLE_EQ(c.alpha.item<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(c.sigma.item<double>(), 0.5);
+}
+
+TEST(PluginHost, LoadingTheSameFileTwiceIsANoOp) {
+  Registry registry;
+  PluginHost host(registry);
+  ASSERT_TRUE(host.load_file(fixture("fixture_good")));
+  ASSERT_TRUE(host.load_file(fixture("fixture_good")));
+  EXPECT_EQ(host.plugins().size(), 1u);
+  EXPECT_TRUE(host.failures().empty());
+}
+
+struct BrokenCase {
+  std::string fixture;
+  std::string stage;
+  std::string message;  // exact message after "stage '...': "
+};
+
+class BrokenPlugin : public ::testing::TestWithParam<BrokenCase> {};
+
+TEST_P(BrokenPlugin, IsRefusedWithOneLineAndOthersStillLoad) {
+  const BrokenCase& c = GetParam();
+  Registry registry;
+  PluginHost host(registry);
+  ASSERT_TRUE(host.load_file(fixture("fixture_good")));
+  std::size_t before = registry.size();
+  EXPECT_FALSE(host.load_file(fixture(c.fixture)));
+  ASSERT_EQ(host.failures().size(), 1u);
+  const PluginFailure& f = host.failures()[0];
+  EXPECT_EQ(f.stage, c.stage);
+  auto file = std::filesystem::weakly_canonical(fixture(c.fixture));
+  EXPECT_EQ(f.line(), "plugin " + file.string() + ": stage '" + c.stage + "': " + c.message);
+  EXPECT_EQ(f.line().find('\n'), std::string::npos);
+  // Nothing of the broken plugin was registered, and the good one is intact.
+  EXPECT_EQ(registry.size(), before);
+  EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
+  EXPECT_EQ(registry.find(Kind::path, "fixture_partial"), nullptr);
+  EXPECT_EQ(registry.find(Kind::path, "fixture_unique"), nullptr);
+  // A good plugin loaded after the failure still loads.
+  Registry other;
+  PluginHost second(other);
+  EXPECT_FALSE(second.load_file(fixture(c.fixture)));
+  EXPECT_TRUE(second.load_file(fixture("fixture_good")));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, BrokenPlugin,
+    ::testing::Values(
+        BrokenCase{"fixture_not_a_plugin", "descriptor",
+                   "expected the exported symbol 'pathline_plugin_descriptor' (PATHLINE_PLUGIN), found none: "
+                   "not a Pathline plugin"},
+        BrokenCase{"fixture_wrong_abi", "abi-version",
+                   "expected SDK ABI version " + std::to_string(PATHLINE_SDK_ABI_VERSION) +
+                       ", found 999 (plugin 'fixture-good'); rebuild it against this SDK"},
+        BrokenCase{"fixture_wrong_torch", "torch-version",
+                   std::string("expected LibTorch ") + TORCH_VERSION + ", found '0.4.1' (plugin 'fixture-good')"},
+        BrokenCase{"fixture_wrong_cxx_abi", "cxx-abi",
+                   "expected _GLIBCXX_USE_CXX11_ABI=1, found 0 (plugin 'fixture-good')"},
+        BrokenCase{"fixture_throws", "register",
+                   "fixture registration failed on purpose (plugin 'fixture-throws')"},
+        BrokenCase{"fixture_throws_int", "register",
+                   "expected registration to succeed, found a non-standard exception (plugin 'fixture-throws-int')"},
+        BrokenCase{"fixture_empty", "register",
+                   "expected at least one component, found none registered (plugin 'fixture-empty')"},
+        BrokenCase{"fixture_twin", "register",
+                   "expected unique component names, found path 'fixture_path' already registered by plugin "
+                   "'fixture-good' (" +
+                       std::filesystem::canonical(fixture("fixture_good")).string() + ") (plugin 'fixture-twin')"}),
+    [](const auto& info) { return info.param.fixture.substr(8); });
+
+TEST(PluginHost, FileThatIsNotASharedLibraryFailsAtOpen) {
+  Registry registry;
+  PluginHost host(registry);
+  EXPECT_FALSE(host.load_file(fixture("fixture_garbage")));
+  ASSERT_EQ(host.failures().size(), 1u);
+  EXPECT_EQ(host.failures()[0].stage, "open");
+  EXPECT_NE(host.failures()[0].line().find("libfixture_garbage.so: stage 'open': expected a loadable shared library"),
+            std::string::npos);
+  EXPECT_EQ(host.failures()[0].line().find('\n'), std::string::npos);
+}
+
+TEST(PluginHost, DirectoryLoadKeepsGoingPastEveryBrokenPlugin) {
+  Registry registry;
+  PluginHost host(registry);
+  host.load_directory(PATHLINE_FIXTURE_DIR);
+  // All broken fixtures fail; the good one loads (the twin sorts after it and fails).
+  std::vector<std::string> stages;
+  for (const auto& f : host.failures()) stages.push_back(f.stage);
+  EXPECT_EQ(host.failures().size(), 9u);
+  EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
+  ASSERT_EQ(host.plugins().size(), 1u);
+  EXPECT_EQ(host.plugins()[0]->name, "fixture-good");
+}
+
+TEST(PluginHost, MissingDirectoryIsReported) {
+  Registry registry;
+  PluginHost host(registry);
+  host.load_directory("/nonexistent/pathline-plugins");
+  ASSERT_EQ(host.failures().size(), 1u);
+  EXPECT_EQ(host.failures()[0].line(),
+            "plugin /nonexistent/pathline-plugins: stage 'search': expected a directory of plugins, found nothing");
+}
+
+TEST(PluginHost, SearchPathReadsEnvironmentVariable) {
+  testing::TempDir empty;
+  std::string value = std::string(PATHLINE_FIXTURE_DIR) + ":" + empty.path().string();
+  ::setenv("PATHLINE_PLUGIN_PATH", value.c_str(), 1);
+  Registry registry;
+  PluginHost host(registry);
+  host.load_search_path({}, /*builtin=*/false);
+  ::unsetenv("PATHLINE_PLUGIN_PATH");
+  EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
+}
+
+TEST(PluginHost, BuiltinFolderIsNextToTheEngineLibrary) {
+  EXPECT_EQ(std::filesystem::weakly_canonical(PluginHost::builtin_plugin_dir()),
+            std::filesystem::weakly_canonical(testing::builtin_plugins()));
+}
+
+TEST(Registry, RejectsDuplicateNamesOfTheSameKindOnly) {
+  Registry registry;
+  auto info = std::make_shared<PluginInfo>(PluginInfo{"a", "1", "/x/liba.so"});
+  Factory<Path> factory = [](const Params&, const BuildContext&) -> std::shared_ptr<Path> { return nullptr; };
+  registry.add({Kind::path, {"same", "", {}}, info, factory});
+  Factory<Metric> metric = [](const Params&, const BuildContext&) -> std::shared_ptr<Metric> { return nullptr; };
+  registry.add({Kind::metric, {"same", "", {}}, info, metric});  // another kind: fine
+  try {
+    registry.add({Kind::path, {"same", "", {}}, info, factory});
+    FAIL() << "expected PluginError";
+  } catch (const PluginError& e) {
+    EXPECT_STREQ(e.what(),
+                 "expected unique component names, found path 'same' already registered by plugin 'a' (/x/liba.so)");
+  }
+  EXPECT_EQ(registry.names(Kind::path), std::vector<std::string>{"same"});
+  // A factory that returns nothing is an error, not a null component.
+  EXPECT_THROW(registry.create<Path>("same", Params{}, BuildContext{}), Error);
+  EXPECT_THROW(registry.create<Path>("missing", Params{}, BuildContext{}), InputError);
+}
+
+}  // namespace
+}  // namespace pathline

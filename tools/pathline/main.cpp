@@ -1,0 +1,319 @@
+// The `pathline` command line: plugins, inspect, validate, run, train, sample.
+// Exit codes: 0 success, 2 bad usage or invalid config, 1 failure while running.
+// Results go to stdout; messages, progress and errors go to stderr.
+#include <cstdlib>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include "pathline/engine/config.hpp"
+#include "pathline/engine/host.hpp"
+#include "pathline/engine/pipeline.hpp"
+
+namespace po = boost::program_options;
+using namespace pathline;
+
+namespace {
+
+constexpr int kOk = 0, kFailure = 1, kUsage = 2;
+
+// A usage problem: printed as "pathline <cmd>: message" with a hint, exit 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* kCommands =
+    "Commands:\n"
+    "  plugins              list loaded plugins and their components\n"
+    "  inspect KIND NAME    show a component's parameters (also KIND.NAME, or an engine table: run, train, sample, eval)\n"
+    "  validate CONFIG      check a pipeline config and report every problem\n"
+    "  run CONFIG           train, sample and evaluate; writes a run directory\n"
+    "  train CONFIG         train only; writes a run directory with the weights\n"
+    "  sample RUN_DIR       sample and evaluate a trained run, optionally with another solver\n"
+    "\nRun 'pathline COMMAND --help' for a command's options.\n";
+
+po::options_description common_options() {
+  po::options_description common("Common options");
+  common.add_options()("plugin-dir", po::value<std::vector<std::string>>()->composing(),
+                       "also load plugins from this directory (repeatable; after the built-in folder and "
+                       "PATHLINE_PLUGIN_PATH)")("help,h", "show this help");
+  return common;
+}
+
+struct Session {
+  Registry registry;
+  PluginHost host{registry};
+  void load(const po::variables_map& vm, bool quiet_failures = false) {
+    std::vector<std::filesystem::path> dirs;
+    if (vm.count("plugin-dir"))
+      for (const auto& d : vm["plugin-dir"].as<std::vector<std::string>>()) dirs.emplace_back(d);
+    host.load_search_path(dirs);
+    if (!quiet_failures)
+      for (const auto& f : host.failures()) std::cerr << "pathline: warning: " << f.line() << "\n";
+  }
+};
+
+// Parses a subcommand's options; returns nullopt when --help was printed.
+std::optional<po::variables_map> parse(const std::string& command, const std::vector<std::string>& args,
+                                       po::options_description options, const po::positional_options_description& positional,
+                                       const std::string& usage) {
+  options.add(common_options());
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
+    if (vm.count("help")) {
+      std::cout << "Usage: pathline " << command << " " << usage << "\n\n" << options << "\n";
+      return std::nullopt;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  return vm;
+}
+
+std::vector<std::string> overrides_of(const po::variables_map& vm) {
+  return vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+void add_set_option(po::options_description& options) {
+  options.add_options()("set", po::value<std::vector<std::string>>()->composing(),
+                        "override a config key, e.g. --set train.steps=500 (repeatable)");
+}
+
+Logger stderr_logger() {
+  return [](const std::string& line) { std::cerr << line << "\n"; };
+}
+
+// ------------------------------------------------------------------------------------------------
+
+int cmd_plugins(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  auto vm = parse("plugins", args, options, {}, "[--plugin-dir DIR]");
+  if (!vm) return kOk;
+  Session s;
+  s.load(*vm, true);
+  std::cout << "Plugins:\n";
+  for (const auto& p : s.host.plugins())
+    std::cout << fmt::format("  {:<20} {:<8} {}\n", p->name, p->version, p->file.string());
+  if (s.host.plugins().empty()) std::cout << "  (none)\n";
+  for (Kind kind : kAllKinds) {
+    std::cout << "\n" << to_string(kind) << ":\n";
+    auto entries = s.registry.list(kind);
+    if (entries.empty()) std::cout << "  (none)\n";
+    for (const auto* e : entries)
+      std::cout << fmt::format("  {:<18} {:<52} [{} {}]\n", e->decl.name, e->decl.doc, e->plugin ? e->plugin->name : "host",
+                               e->plugin ? e->plugin->version : "");
+  }
+  if (!s.host.failures().empty()) {
+    std::cout << "\nFailed to load:\n";
+    for (const auto& f : s.host.failures()) std::cout << "  " << f.line() << "\n";
+  }
+  return kOk;
+}
+
+void print_params(const std::vector<ParamSpec>& specs) {
+  if (specs.empty()) {
+    std::cout << "  (no parameters)\n";
+    return;
+  }
+  for (const auto& spec : specs) {
+    std::string type = to_string(spec.type);
+    if (spec.type == ParamType::choice) {
+      type = "one of ";
+      for (std::size_t i = 0; i < spec.choices.size(); ++i) type += (i ? "|" : "") + spec.choices[i];
+    }
+    if (spec.list_size) type += fmt::format(" ({} values)", *spec.list_size);
+    std::string value = spec.is_required() ? "required" : "default " + format_value(*spec.default_value);
+    std::string range = spec.range_text();
+    std::cout << fmt::format("  {:<16} {}\n", spec.name, type);
+    std::cout << fmt::format("  {:<16} {}{}\n", "", value, range.empty() ? "" : ", range " + range);
+    std::cout << fmt::format("  {:<16} {}\n", "", spec.doc);
+  }
+}
+
+int cmd_inspect(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("what", po::value<std::vector<std::string>>(), "KIND NAME, KIND.NAME or an engine table");
+  po::positional_options_description positional;
+  positional.add("what", -1);
+  auto vm = parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval");
+  if (!vm) return kOk;
+  std::vector<std::string> what = vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  if (what.size() == 1 && what[0].find('.') != std::string::npos) {
+    auto dot = what[0].find('.');
+    what = {what[0].substr(0, dot), what[0].substr(dot + 1)};
+  }
+  if (what.size() == 1 && std::find(kEngineTables.begin(), kEngineTables.end(), what[0]) != kEngineTables.end()) {
+    std::cout << "[" << what[0] << "] (engine table)\n\nParameters:\n";
+    print_params(engine_table_specs(what[0]));
+    return kOk;
+  }
+  if (what.size() != 2) throw UsageError("expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME or an engine table");
+  auto kind = kind_from_string(what[0]);
+  if (!kind) {
+    std::vector<std::string> kinds;
+    for (Kind k : kAllKinds) kinds.push_back(to_string(k));
+    std::string suggestion = closest_match(what[0], kinds);
+    std::string list;
+    for (const auto& k : kinds) list += (list.empty() ? "" : ", ") + k;
+    throw UsageError(fmt::format("unknown kind '{}'; {}kinds: {}", what[0],
+                                 suggestion.empty() ? "" : "did you mean '" + suggestion + "'? ", list));
+  }
+  Session s;
+  s.load(*vm);
+  const ComponentEntry* entry = s.registry.find(*kind, what[1]);
+  if (!entry) {
+    auto names = s.registry.names(*kind);
+    std::string suggestion = closest_match(what[1], names);
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw UsageError(fmt::format("unknown {} '{}'; {}registered: {}", what[0], what[1],
+                                 suggestion.empty() ? "" : "did you mean '" + suggestion + "'? ",
+                                 list.empty() ? "(none)" : list));
+  }
+  std::cout << fmt::format("{} '{}'\n  {}\n", to_string(*kind), entry->decl.name, entry->decl.doc);
+  if (entry->plugin)
+    std::cout << fmt::format("  from plugin '{}' {} ({})\n", entry->plugin->name, entry->plugin->version,
+                             entry->plugin->file.string());
+  std::cout << "\nParameters:\n";
+  print_params(entry->decl.params);
+  return kOk;
+}
+
+po::positional_options_description single_positional(const char* name) {
+  po::positional_options_description positional;
+  positional.add(name, 1);
+  return positional;
+}
+
+std::string required_positional(const po::variables_map& vm, const char* name, const char* what) {
+  if (!vm.count(name)) throw UsageError(std::string("missing ") + what);
+  return vm[name].as<std::string>();
+}
+
+int cmd_validate(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("config", po::value<std::string>(), "pipeline TOML file")(
+      "print", "print the resolved config (every default filled in) to stdout");
+  add_set_option(options);
+  auto vm = parse("validate", args, options, single_positional("config"), "CONFIG [--set key=value ...] [--print]");
+  if (!vm) return kOk;
+  std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
+  Session s;
+  s.load(*vm);
+  ConfigOptions co;
+  co.overrides = overrides_of(*vm);
+  PipelineConfig config = load_config(file, s.registry, co);
+  if (vm->count("print")) std::cout << config.to_toml();
+  std::cerr << file << ": valid\n";
+  return kOk;
+}
+
+int cmd_run(const std::string& command, const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("config", po::value<std::string>(), "pipeline TOML file")(
+      "run-dir", po::value<std::string>(), "write the run here instead of <run.dir>/<run.name>")(
+      "overwrite", "replace the run directory if it exists (default: pick a new name <name>-2, -3, ...)");
+  add_set_option(options);
+  auto vm = parse(command, args, options, single_positional("config"),
+                  "CONFIG [--set key=value ...] [--run-dir DIR] [--overwrite]");
+  if (!vm) return kOk;
+  std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
+  Session s;
+  s.load(*vm);
+  ConfigOptions co;
+  co.overrides = overrides_of(*vm);
+  PipelineConfig config = load_config(file, s.registry, co);
+  JobOptions job;
+  if (vm->count("run-dir")) job.run_dir = (*vm)["run-dir"].as<std::string>();
+  job.overwrite = vm->count("overwrite") != 0;
+  job.do_sample = command == "run";
+  auto dir = run_job(config, s.registry, job, stderr_logger());
+  std::cout << dir.string() << "\n";
+  return kOk;
+}
+
+int cmd_sample(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("run", po::value<std::string>(), "a run directory made by 'pathline run' or 'pathline train'")(
+      "out", po::value<std::string>(), "write here (default: a new RUN_DIR/sample-<solver>)");
+  add_set_option(options);
+  auto vm = parse("sample", args, options, single_positional("run"),
+                  "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR]");
+  if (!vm) return kOk;
+  std::string run = required_positional(*vm, "run", "RUN_DIR (a run directory)");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(run, ec)) throw UsageError(run + ": no such run directory");
+  if (!std::filesystem::is_regular_file(std::filesystem::path(run) / "config.toml", ec))
+    throw UsageError(run + ": not a run directory (no config.toml)");
+  Session s;
+  s.load(*vm);
+  std::optional<std::filesystem::path> out;
+  if (vm->count("out")) out = (*vm)["out"].as<std::string>();
+  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger());
+  std::cout << dir.string() << "\n";
+  return kOk;
+}
+
+int dispatch(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << "Usage: pathline [--version] [--help] COMMAND [ARGS]\n\n"
+                 "Pathline trains and samples flow-matching models from TOML pipelines whose parts are plugins.\n\n"
+              << kCommands;
+    return args.empty() ? kUsage : kOk;
+  }
+  if (args[0] == "--version" || args[0] == "-V") {
+    std::cout << "pathline " << PATHLINE_VERSION << " (SDK ABI " << PATHLINE_SDK_ABI_VERSION << ", LibTorch "
+              << TORCH_VERSION << ")\n";
+    return kOk;
+  }
+  const std::string command = args[0];
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  try {
+    if (command == "plugins") return cmd_plugins(rest);
+    if (command == "inspect") return cmd_inspect(rest);
+    if (command == "validate") return cmd_validate(rest);
+    if (command == "run" || command == "train") return cmd_run(command, rest);
+    if (command == "sample") return cmd_sample(rest);
+  } catch (const UsageError& e) {
+    std::cerr << "pathline " << command << ": " << e.what() << " (see 'pathline " << command << " --help')\n";
+    return kUsage;
+  } catch (const ConfigError& e) {
+    for (const auto& line : e.problems()) std::cerr << line << "\n";
+    return kUsage;
+  } catch (const c10::Error& e) {
+    std::string what = e.what_without_backtrace();
+    std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
+    return kFailure;
+  } catch (const std::exception& e) {
+    std::string what = e.what();
+    std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
+    return kFailure;
+  }
+  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run", "train", "sample"};
+  std::string suggestion = closest_match(command, commands);
+  std::cerr << "pathline: unknown command '" << command << "'"
+            << (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") << "\n\n"
+            << kCommands;
+  return kUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return dispatch(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "pathline: error: " << e.what() << "\n";
+    return kFailure;
+  } catch (...) {
+    std::cerr << "pathline: error: unknown failure\n";
+    return kFailure;
+  }
+}
