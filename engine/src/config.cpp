@@ -37,11 +37,17 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
         ParamSpec::real("grad_clip", 0.0, "clip the gradient's global norm to this; 0 disables").at_least(0),
         ParamSpec::real("ema_decay", 0.0, "exponential moving average of the weights used for sampling; 0 disables")
             .range(0, 1).less_than(1),
+        ParamSpec::choice("loss_weighting", {"none", "sigma_sqrt", "cosmap"}, "none",
+                          "per-sample loss weight w(t) (Esser et al. 2024, SD3): none = 1, sigma_sqrt = 1 / sigma_t^2, "
+                          "cosmap = 2 / (pi (1 - 2 s + 2 s^2)) with s = 1 - t"),
         ParamSpec::integer("log_every", 100, "write a metrics.csv row every this many steps").at_least(1)}},
       {"sample",
        {ParamSpec::integer("n", 10000, "samples to generate").at_least(1),
         ParamSpec::integer("batch_size", 10000, "samples integrated at once").at_least(1),
-        ParamSpec::integer("trajectories", 48, "pathlines drawn in trajectories.png; 0 disables").at_least(0)}},
+        ParamSpec::integer("trajectories", 48, "pathlines drawn in trajectories.png; 0 disables").at_least(0),
+        ParamSpec::real("t_start", 0.0, "integrate from this time (a small value avoids the t = 0 end where "
+                                         "noise and score predictions divide by alpha_t)").range(0, 1).less_than(1),
+        ParamSpec::real("t_end", 1.0, "integrate up to this time").range(0, 1).greater_than(0)}},
       {"eval",
        {ParamSpec::integer("reference_n", 0, "fresh data samples the metrics compare against; 0 means sample.n")
             .at_least(0)}},

@@ -72,17 +72,27 @@ class ModelField final : public VectorField {
   std::int64_t evaluations_ = 0;
 };
 
-double learning_rate(const Params& train, std::int64_t step) {
-  const double base = train.real("lr");
-  const std::int64_t warmup = train.integer("warmup_steps");
-  const std::int64_t steps = train.integer("steps");
-  if (warmup > 0 && step < warmup) return base * static_cast<double>(step + 1) / static_cast<double>(warmup);
-  if (train.string("lr_schedule") == "cosine" && steps > warmup) {
-    double progress = static_cast<double>(step - warmup) / static_cast<double>(steps - warmup);
-    return base * 0.5 * (1.0 + std::cos(M_PI * progress));
+// The learning-rate schedule, read from [train] once so that the loop does no config lookups.
+struct LearningRateSchedule {
+  double base;
+  std::int64_t warmup, steps;
+  bool cosine;
+
+  explicit LearningRateSchedule(const Params& train)
+      : base(train.real("lr")),
+        warmup(train.integer("warmup_steps")),
+        steps(train.integer("steps")),
+        cosine(train.string("lr_schedule") == "cosine") {}
+
+  double at(std::int64_t step) const {
+    if (warmup > 0 && step < warmup) return base * static_cast<double>(step + 1) / static_cast<double>(warmup);
+    if (cosine && steps > warmup) {
+      double progress = static_cast<double>(step - warmup) / static_cast<double>(steps - warmup);
+      return base * 0.5 * (1.0 + std::cos(M_PI * progress));
+    }
+    return base;
   }
-  return base;
-}
+};
 
 }  // namespace
 
@@ -136,6 +146,12 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   const double grad_clip = tp.real("grad_clip");
   const double ema_decay = tp.real("ema_decay");
   const auto& betas = tp.real_list("betas");
+  const LearningRateSchedule schedule(tp);
+  enum class Weighting { none, sigma_sqrt, cosmap };
+  const std::string& weighting_name = tp.string("loss_weighting");
+  const Weighting weighting = weighting_name == "sigma_sqrt" ? Weighting::sigma_sqrt
+                              : weighting_name == "cosmap"   ? Weighting::cosmap
+                                                             : Weighting::none;
   const torch::Device device = c.context.device;
   const std::int64_t rank = static_cast<std::int64_t>(c.context.data_shape.size()) + 1;
   at::Generator gen = make_generator(config, kTrainStream);
@@ -164,7 +180,7 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   torch::Tensor window_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(device));
   std::int64_t window = 0;
   for (std::int64_t step = 0; step < steps; ++step) {
-    const double lr = learning_rate(tp, step);
+    const double lr = schedule.at(step);
     group_options.lr(lr);
 
     torch::Tensor x1 = c.dataset->sample(batch, gen).to(device);
@@ -175,7 +191,20 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
     torch::Tensor x_t = Path::interpolate(coef, x0, x1);
     torch::Tensor target = c.parameterization->target(x0, x1, coef);
 
-    torch::Tensor loss = torch::mse_loss(model.forward(x_t, t), target);
+    torch::Tensor loss;
+    if (weighting == Weighting::none) {
+      loss = torch::mse_loss(model.forward(x_t, t), target);
+    } else {
+      // Per-sample weights w(t) (SD3, Esser et al. 2024), in our convention s = 1 - t is the noise level.
+      torch::Tensor w;
+      if (weighting == Weighting::sigma_sqrt) {
+        w = coef.sigma.square().clamp_min(1e-4).reciprocal();  // capped at 1e4 where sigma_t -> 0
+      } else {
+        torch::Tensor s = (1.0 - t).view(coef.alpha.sizes());
+        w = (2.0 / M_PI) / (1.0 - 2.0 * s + 2.0 * s.square());
+      }
+      loss = (w * (model.forward(x_t, t) - target).square()).mean();
+    }
     for (auto& p : params) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
     loss.backward();
     if (grad_clip > 0) torch::nn::utils::clip_grad_norm_(params, grad_clip);
@@ -226,14 +255,23 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
   shape.insert(shape.end(), c.context.data_shape.begin(), c.context.data_shape.end());
   ModelField field(*c.model, *c.path, *c.parameterization, static_cast<std::int64_t>(shape.size()));
 
+  const double t_start = sp.real("t_start"), t_end = sp.real("t_end");
+  if (!(t_start < t_end))
+    throw InputError(fmt::format("sample.t_start = {} must be below sample.t_end = {}", t_start, t_end));
+  const double prior_scale = c.path->coefficients(torch::full({1}, t_start, torch::kFloat64)).sigma.item<double>();
+
   SampleResult result;
   std::vector<torch::Tensor> chunks, states;
   const auto start = Clock::now();
   std::int64_t evaluations_first_batch = 0;
   for (std::int64_t done = 0; done < n; done += batch) {
     shape[0] = std::min(batch, n - done);
-    torch::Tensor x0 = at::randn(shape, gen, torch::TensorOptions().device(c.context.device));
+    // The prior at t_start is N(alpha x1, sigma^2 I) with x1 unknown: start from sigma_{t_start} z
+    // (1 for paths that start at pure noise; sigma_max for variance-exploding ones).
+    torch::Tensor x0 = at::randn(shape, gen, torch::TensorOptions().device(c.context.device)).mul_(prior_scale);
     SolveRequest request;
+    request.t0 = t_start;
+    request.t1 = t_end;
     request.generator = &gen;
     if (done == 0 && traj_count > 0)
       request.observer = [&](double, const torch::Tensor& x) { states.push_back(x.narrow(0, 0, traj_count).to(torch::kCPU).clone()); };
