@@ -61,7 +61,8 @@ TEST_P(BrokenPlugin, IsRefusedWithOneLineAndOthersStillLoad) {
   EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
   EXPECT_EQ(registry.find(Kind::path, "fixture_partial"), nullptr);
   EXPECT_EQ(registry.find(Kind::path, "fixture_unique"), nullptr);
-  // A good plugin loaded after the failure still loads.
+  // A good plugin loaded after the failure still loads. (The twin is only broken next to 'good'.)
+  if (c.fixture == "fixture_twin") return;
   Registry other;
   PluginHost second(other);
   EXPECT_FALSE(second.load_file(fixture(c.fixture)));
