@@ -140,6 +140,8 @@ TEST(Config, OutOfRangeNamesTheBound) {
   text.replace(text.find("64"), 2, "0");
   EXPECT_EQ(one_problem(text), "pipe.toml:7:9: model.width = 0 is out of range: must be >= 1");
   EXPECT_EQ(one_problem(kBase + "[train]\nlr = -0.5\n"), "pipe.toml:9:6: train.lr = -0.5 is out of range: must be > 0");
+  EXPECT_EQ(one_problem(kBase + "time_embedding = 3\n"),
+            "pipe.toml:8:18: model.time_embedding = 3 is out of range: must be a multiple of 2");
   EXPECT_EQ(one_problem(kBase + "[train]\nbetas = [0.9, 1.0]\n"),
             "pipe.toml:9:9: train.betas[1] = 1 is out of range: must be < 1");
 }

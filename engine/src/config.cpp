@@ -379,6 +379,10 @@ class Validator {
         if (!node.is_integer()) return expected("an integer");
         std::int64_t v = node.as_integer()->get();
         if (!bounded(static_cast<double>(v), std::to_string(v))) return std::nullopt;
+        if (spec.multiple && *spec.multiple != 0 && v % *spec.multiple != 0) {
+          error = fmt::format("{} = {} is out of range: must be a multiple of {}", label, v, *spec.multiple);
+          return std::nullopt;
+        }
         return ParamValue{v};
       }
       case ParamType::real: {

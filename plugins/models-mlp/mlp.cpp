@@ -27,7 +27,7 @@ class MlpModel : public pathline::Model {
     const std::int64_t width = p.integer("width");
     const std::int64_t depth = p.integer("depth");
     const std::int64_t embedding = p.integer("time_embedding");
-    if (embedding % 2 != 0)
+    if (embedding % 2 != 0)  // the config validator checks this first (multiple_of(2))
       throw pathline::InputError("mlp: time_embedding must be even, got " +
                                  std::to_string(embedding));
     if (ctx.data_shape.empty()) throw pathline::InputError("mlp: the data shape is unknown");
@@ -80,7 +80,8 @@ void register_mlp(pathline::Registrar& registrar) {
                          "nonlinearity after every hidden layer"),
        ParamSpec::integer("time_embedding", 32,
                           "number of sinusoidal features of t (even; 0: feed t as is)")
-           .at_least(0)}});
+           .at_least(0)
+           .multiple_of(2)}});
 }
 
 }  // namespace

@@ -45,6 +45,7 @@ struct PATHLINE_API ParamSpec {
   bool lower_open = false, upper_open = false;
   std::vector<std::string> choices;     // for ParamType::choice
   std::optional<std::size_t> list_size;  // for ParamType::real_list: exact length
+  std::optional<std::int64_t> multiple;  // for ParamType::integer: must be a multiple of this
 
   static ParamSpec boolean(std::string name, bool value, std::string doc) {
     return make(std::move(name), ParamType::boolean, value, std::move(doc));
@@ -79,6 +80,11 @@ struct PATHLINE_API ParamSpec {
   ParamSpec at_most(double v) const { return bound(v, false, false); }
   ParamSpec less_than(double v) const { return bound(v, true, false); }
   ParamSpec range(double lo, double hi) const { return at_least(lo).at_most(hi); }
+  ParamSpec multiple_of(std::int64_t k) const {
+    ParamSpec copy = *this;
+    copy.multiple = k;
+    return copy;
+  }
   ParamSpec size(std::size_t n) const {
     ParamSpec copy = *this;
     copy.list_size = n;
