@@ -41,11 +41,21 @@ TEST(Cli, UnknownCommandAndOptionAreUsageErrors) {
   EXPECT_EQ(m.err, "pathline validate: missing CONFIG (a pipeline TOML file) (see 'pathline validate --help')\n");
 }
 
+// The line of `pathline plugins` that lists plugin `name`, or "" if there is none.
+std::string plugin_line(const std::string& out, const std::string& name) {
+  for (const auto& line : lines_of(out))
+    if (line.rfind("  " + name + " ", 0) == 0) return line;
+  return "";
+}
+
 TEST(Cli, PluginsListsEveryKindWithItsFile) {
   auto r = run_cli("plugins");
   EXPECT_EQ(r.code, 0) << r.err;
   for (Kind k : kAllKinds) EXPECT_NE(r.out.find(std::string("\n") + to_string(k) + ":\n"), std::string::npos) << to_string(k);
-  EXPECT_NE(r.out.find("libpathline_solvers.so"), std::string::npos);
+  // Name, version, where it was found, file.
+  auto solvers = std::filesystem::canonical(testing::builtin_plugins() / "libpathline_solvers.so");
+  EXPECT_EQ(plugin_line(r.out, "solvers"),
+            "  solvers              0.1.0    built-in             " + solvers.string());
   EXPECT_NE(r.out.find("  rk4 "), std::string::npos);
   EXPECT_EQ(r.out.find("Failed to load"), std::string::npos);
 }
@@ -53,13 +63,18 @@ TEST(Cli, PluginsListsEveryKindWithItsFile) {
 TEST(Cli, PluginDirAndEnvironmentAddPluginsAndReportBrokenOnes) {
   auto r = run_cli("plugins --plugin-dir '" + std::string(PATHLINE_FIXTURE_DIR) + "'");
   EXPECT_EQ(r.code, 0);
-  EXPECT_NE(r.out.find("fixture-good"), std::string::npos);
+  auto good = std::filesystem::canonical(testing::fixture("fixture_good"));
+  EXPECT_EQ(plugin_line(r.out, "fixture-good"),
+            "  fixture-good         1.2.3    --plugin-dir         " + good.string());
+  EXPECT_NE(plugin_line(r.out, "solvers").find(" built-in "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("fixture_path"), std::string::npos);
   EXPECT_NE(r.out.find("Failed to load:"), std::string::npos);
   EXPECT_NE(r.out.find("stage 'abi-version': expected SDK ABI version"), std::string::npos);
   auto e = run_cli("inspect path fixture_path", {}, "PATHLINE_PLUGIN_PATH='" + std::string(PATHLINE_FIXTURE_DIR) + "'");
   EXPECT_EQ(e.code, 0) << e.err;
-  EXPECT_NE(e.out.find("from plugin 'fixture-good' 1.2.3"), std::string::npos);
+  EXPECT_NE(e.out.find("\n  from plugin 'fixture-good' 1.2.3 (PATHLINE_PLUGIN_PATH: " + good.string() + ")\n"),
+            std::string::npos)
+      << e.out;
   // Broken plugins are warnings, one line each, on stderr.
   for (const auto& line : lines_of(e.err)) EXPECT_EQ(line.rfind("pathline: warning: plugin ", 0), 0u) << line;
   EXPECT_EQ(lines_of(e.err).size(), 9u);

@@ -138,6 +138,33 @@ TEST(PluginHost, SearchPathReadsEnvironmentVariable) {
   EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
 }
 
+TEST(PluginHost, RecordsWhereEachPluginWasFound) {
+  ::setenv("PATHLINE_PLUGIN_PATH", PATHLINE_FIXTURE_DIR, 1);
+  Registry registry;
+  PluginHost host(registry);
+  host.load_search_path({});
+  ::unsetenv("PATHLINE_PLUGIN_PATH");
+  std::map<std::string, std::string> origins;
+  for (const auto& p : host.plugins()) origins[p->name] = p->origin;
+  EXPECT_EQ(origins["solvers"], "built-in");
+  EXPECT_EQ(origins["fixture-good"], "PATHLINE_PLUGIN_PATH");
+  EXPECT_EQ(registry.find(Kind::solver, "euler")->plugin->origin, "built-in");
+  EXPECT_EQ(registry.find(Kind::path, "fixture_path")->plugin->origin, "PATHLINE_PLUGIN_PATH");
+  // A direct load is "explicit".
+  Registry other;
+  PluginHost direct(other);
+  ASSERT_TRUE(direct.load_file(fixture("fixture_good")));
+  EXPECT_EQ(direct.plugins()[0]->origin, "explicit");
+}
+
+TEST(PluginHost, ExtraDirectoriesAreMarkedAsPluginDir) {
+  Registry registry;
+  PluginHost host(registry);
+  host.load_search_path({PATHLINE_FIXTURE_DIR}, /*builtin=*/false);
+  ASSERT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
+  EXPECT_EQ(registry.find(Kind::path, "fixture_path")->plugin->origin, "--plugin-dir");
+}
+
 TEST(PluginHost, BuiltinFolderIsNextToTheEngineLibrary) {
   EXPECT_EQ(std::filesystem::weakly_canonical(PluginHost::builtin_plugin_dir()),
             std::filesystem::weakly_canonical(testing::builtin_plugins()));
@@ -145,7 +172,7 @@ TEST(PluginHost, BuiltinFolderIsNextToTheEngineLibrary) {
 
 TEST(Registry, RejectsDuplicateNamesOfTheSameKindOnly) {
   Registry registry;
-  auto info = std::make_shared<PluginInfo>(PluginInfo{"a", "1", "/x/liba.so"});
+  auto info = std::make_shared<PluginInfo>(PluginInfo{"a", "1", "/x/liba.so", "explicit"});
   Factory<Path> factory = [](const Params&, const BuildContext&) -> std::shared_ptr<Path> { return nullptr; };
   registry.add({Kind::path, {"same", "", {}}, info, factory});
   Factory<Metric> metric = [](const Params&, const BuildContext&) -> std::shared_ptr<Metric> { return nullptr; };

@@ -93,7 +93,7 @@ void PluginHost::fail(const std::filesystem::path& file, std::string stage, std:
   failures_.push_back(PluginFailure{file, std::move(stage), std::move(message)});
 }
 
-bool PluginHost::load_file(const std::filesystem::path& file) {
+bool PluginHost::load_file(const std::filesystem::path& file, const std::string& origin) {
   std::error_code ec;
   auto canonical = std::filesystem::weakly_canonical(file, ec);
   if (ec) canonical = file;
@@ -146,7 +146,8 @@ bool PluginHost::load_file(const std::filesystem::path& file) {
     return false;
   }
 
-  auto info = std::make_shared<PluginInfo>(PluginInfo{descriptor.name, descriptor.version, canonical});
+  auto info =
+      std::make_shared<PluginInfo>(PluginInfo{descriptor.name, descriptor.version, canonical, origin});
   StagingRegistrar staging(info);
   try {
     descriptor.register_components(staging);
@@ -169,7 +170,7 @@ bool PluginHost::load_file(const std::filesystem::path& file) {
   return true;
 }
 
-void PluginHost::load_directory(const std::filesystem::path& dir) {
+void PluginHost::load_directory(const std::filesystem::path& dir, const std::string& origin) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
     fail(dir, "search", "expected a directory of plugins, found " +
@@ -182,18 +183,18 @@ void PluginHost::load_directory(const std::filesystem::path& dir) {
     if (item.is_regular_file(ec) && p.extension() == ".so") files.push_back(p);
   }
   std::sort(files.begin(), files.end());
-  for (const auto& f : files) load_file(f);
+  for (const auto& f : files) load_file(f, origin);
 }
 
 void PluginHost::load_search_path(const std::vector<std::filesystem::path>& extra_dirs, bool builtin) {
-  if (builtin) load_directory(builtin_plugin_dir());
+  if (builtin) load_directory(builtin_plugin_dir(), "built-in");
   if (const char* env = std::getenv("PATHLINE_PLUGIN_PATH")) {
     std::stringstream stream(env);
     std::string item;
     while (std::getline(stream, item, ':'))
-      if (!item.empty()) load_directory(item);
+      if (!item.empty()) load_directory(item, "PATHLINE_PLUGIN_PATH");
   }
-  for (const auto& dir : extra_dirs) load_directory(dir);
+  for (const auto& dir : extra_dirs) load_directory(dir, "--plugin-dir");
 }
 
 std::filesystem::path PluginHost::builtin_plugin_dir() {

@@ -97,9 +97,10 @@ int cmd_plugins(const std::vector<std::string>& args) {
   if (!vm) return kOk;
   Session s;
   s.load(*vm, true);
+  // Name, version, how it was found (built-in, PATHLINE_PLUGIN_PATH, --plugin-dir), file.
   std::cout << "Plugins:\n";
   for (const auto& p : s.host.plugins())
-    std::cout << fmt::format("  {:<20} {:<8} {}\n", p->name, p->version, p->file.string());
+    std::cout << fmt::format("  {:<20} {:<8} {:<20} {}\n", p->name, p->version, p->origin, p->file.string());
   if (s.host.plugins().empty()) std::cout << "  (none)\n";
   for (Kind kind : kAllKinds) {
     std::cout << "\n" << to_string(kind) << ":\n";
@@ -128,6 +129,7 @@ void print_params(const std::vector<ParamSpec>& specs) {
       for (std::size_t i = 0; i < spec.choices.size(); ++i) type += (i ? "|" : "") + spec.choices[i];
     }
     if (spec.list_size) type += fmt::format(" ({} values)", *spec.list_size);
+    if (spec.multiple) type += fmt::format(", a multiple of {}", *spec.multiple);
     std::string value = spec.is_required() ? "required" : "default " + format_value(*spec.default_value);
     std::string range = spec.range_text();
     std::cout << fmt::format("  {:<16} {}\n", spec.name, type);
@@ -178,8 +180,8 @@ int cmd_inspect(const std::vector<std::string>& args) {
   }
   std::cout << fmt::format("{} '{}'\n  {}\n", to_string(*kind), entry->decl.name, entry->decl.doc);
   if (entry->plugin)
-    std::cout << fmt::format("  from plugin '{}' {} ({})\n", entry->plugin->name, entry->plugin->version,
-                             entry->plugin->file.string());
+    std::cout << fmt::format("  from plugin '{}' {} ({}: {})\n", entry->plugin->name, entry->plugin->version,
+                             entry->plugin->origin, entry->plugin->file.string());
   std::cout << "\nParameters:\n";
   print_params(entry->decl.params);
   return kOk;

@@ -23,13 +23,15 @@ class PATHLINE_API PluginHost {
   explicit PluginHost(Registry& registry) : registry_(registry) {}
 
   // Loads one file. Returns false, with a failure recorded, if it cannot be used; in that case the
-  // registry is unchanged. Loading the same file twice is a no-op.
-  bool load_file(const std::filesystem::path& file);
+  // registry is unchanged. Loading the same file twice is a no-op. `origin` is recorded in the
+  // plugin's PluginInfo: how it was found.
+  bool load_file(const std::filesystem::path& file, const std::string& origin = "explicit");
   // Loads every shared library (*.so) directly inside `dir`, in name order. A missing directory is
   // a failure too.
-  void load_directory(const std::filesystem::path& dir);
-  // The search path: the built-in plugin folder, then PATHLINE_PLUGIN_PATH (colon-separated),
-  // then the extra directories (--plugin-dir), each in order.
+  void load_directory(const std::filesystem::path& dir, const std::string& origin = "explicit");
+  // The search path: the built-in plugin folder (origin "built-in"), then PATHLINE_PLUGIN_PATH
+  // (colon-separated; origin "PATHLINE_PLUGIN_PATH"), then the extra directories (origin
+  // "--plugin-dir"), each in order.
   void load_search_path(const std::vector<std::filesystem::path>& extra_dirs, bool builtin = true);
 
   const std::vector<PluginFailure>& failures() const { return failures_; }

@@ -17,6 +17,9 @@ struct PluginInfo {
   std::string name;
   std::string version;
   std::filesystem::path file;  // empty for components registered in-process (tests)
+  // How the host found it: "built-in", "PATHLINE_PLUGIN_PATH", "--plugin-dir" (PluginHost's
+  // search path) or "explicit" (a direct load_file/load_directory call).
+  std::string origin;
 };
 
 using AnyFactory = std::variant<Factory<Dataset>, Factory<Path>, Factory<Coupling>,
