@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <optional>
 #include <string>
@@ -143,8 +144,14 @@ inline std::string format_value(const ParamValue& value) {
     std::string operator()(bool v) const { return v ? "true" : "false"; }
     std::string operator()(std::int64_t v) const { return std::to_string(v); }
     std::string operator()(double v) const {
+      if (std::isnan(v)) return "nan";
+      if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+      // The shortest text that reads back as the same double.
       char buffer[32];
-      std::snprintf(buffer, sizeof buffer, "%.17g", v);
+      for (int precision = 6; precision <= 17; ++precision) {
+        std::snprintf(buffer, sizeof buffer, "%.*g", precision, v);
+        if (std::strtod(buffer, nullptr) == v) break;
+      }
       std::string text = buffer;
       if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
       return text;
