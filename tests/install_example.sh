@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end, as a plugin author would: install Pathline into a temporary prefix, build the
-# out-of-tree example (sdk/examples/custom-plugin) against that prefix alone, run a pipeline that
-# uses its components, and check that a plugin built for another SDK ABI version is refused by name
-# and version while the built-in plugins still load.
+# out-of-tree example (sdk/examples/custom-plugin) against that prefix alone and run a pipeline that
+# uses its components; build the three plugins of sdk/GUIDE.md (a data set, a model, a solver),
+# taken from the guide's text alone, and run the guide's pipeline; and check that a plugin built for
+# the previous SDK ABI version is refused by name and version while the built-in plugins still load.
 #   tests/install_example.sh CMAKE BUILD_DIR SOURCE_DIR
 # Registered with ctest as `install_example` (tests/CMakeLists.txt).
 set -euo pipefail
@@ -25,6 +26,11 @@ expect_in() { grep -qF -- "$2" "$1" || { cat "$1"; fail "expected '$2' in $1"; }
 expect_not_in() { ! grep -qF -- "$2" "$1" || { cat "$1"; fail "did not expect '$2' in $1"; }; }
 # The plugin lines of `pathline plugins`: from "Plugins:" to the first blank line.
 plugin_lines() { awk '/^Plugins:$/ {on = 1; next} on && /^$/ {exit} on' "$1"; }
+# expect_json FILE EXPRESSION WHAT: the Python EXPRESSION, with `s` the JSON of FILE, is true.
+expect_json() {
+  python3 -c 'import json, math, sys; s = json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' \
+    "$1" "$2" || { cat "$1"; fail "$3 ($2)"; }
+}
 
 generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
@@ -60,6 +66,14 @@ done
 resolved=$(ldd "$pathline" | awk '/libpathline_engine\.so/ {print $3}')
 [[ -n $resolved && $(realpath "$resolved") == "$engine" ]] ||
   { ldd "$pathline"; fail "the installed pathline does not use the installed engine"; }
+
+# One SDK ABI version everywhere: the command, the installed header and the CMake package.
+abi=$("$pathline" --version | sed -n 's/.*(SDK ABI \([0-9]*\),.*/\1/p')
+[[ -n $abi ]] || fail "no SDK ABI version in 'pathline --version': $("$pathline" --version)"
+header_abi=$(sed -n 's/^#define PATHLINE_SDK_ABI_VERSION \([0-9]*\)$/\1/p' "$prefix/include/pathline/abi.hpp")
+package_abi=$(sed -n 's/^set(PathlineSDK_ABI_VERSION \([0-9]*\))$/\1/p' "$libdir/cmake/PathlineSDK/PathlineSDKConfig.cmake")
+[[ $header_abi == "$abi" && $package_abi == "$abi" ]] ||
+  fail "SDK ABI versions differ: pathline --version $abi, abi.hpp '$header_abi', PathlineSDKConfig.cmake '$package_abi'"
 
 # The installed command finds its built-in plugins, next to the installed engine.
 "$pathline" plugins >"$work/builtin.txt" 2>"$work/builtin.err" || fail "pathline plugins: $(cat "$work/builtin.err")"
@@ -134,15 +148,71 @@ for f in config.toml summary.json metrics.csv model.pt samples.npy samples.png; 
   [[ -s $work/run/$f ]] || fail "run directory lacks $f"
 done
 expect_in "$work/run/config.toml" 'type = "example_power"'
-expect_in "$work/run/summary.json" '"solver": "example_ralston", "n": 512, "nfe": 16'
-grep -qE '"energy_distance": [0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?[,}]' "$work/run/summary.json" ||
-  { cat "$work/run/summary.json"; fail "no finite energy distance in summary.json"; }
+# A FixedStepSolver on the engine's grid: 8 steps of 2 evaluations.
+expect_json "$work/run/summary.json" \
+  's["sampling"]["solver"] == "example_ralston" and s["sampling"]["time_grid"] == "uniform" and s["sampling"]["n"] == 512 and s["sampling"]["nfe"] == 16' \
+  "summary.json: the example's solver, 512 samples, 16 NFE"
+expect_json "$work/run/summary.json" 'math.isfinite(s["metrics"]["energy_distance"])' "summary.json: a finite energy distance"
 
-# --- 4. A plugin from another SDK ABI version is refused; everything else loads ------------------
-step "build the example for another SDK ABI version"
-abi=$("$pathline" --version | sed -n 's/.*(SDK ABI \([0-9]*\),.*/\1/p')
-[[ -n $abi ]] || fail "no SDK ABI version in 'pathline --version'"
-other=$((abi + 1))
+# --- 4. The guide's three plugins, from the text of sdk/GUIDE.md alone ----------------------------
+# Every code block introduced by a line "`FILE` ...:" is that file.
+step "build the data set, model and solver plugins of sdk/GUIDE.md"
+mkdir "$work/guide"
+python3 - "$source/sdk/GUIDE.md" "$work/guide" <<'PY' || fail "could not take the plugins out of sdk/GUIDE.md"
+import pathlib, re, sys
+text = pathlib.Path(sys.argv[1]).read_text()
+files = dict(re.findall(r"^`([\w.]+)`[^\n]*:\n\n```\w*\n(.*?)```", text, re.M | re.S))
+wanted = ["acme_datasets.cpp", "acme_models.cpp", "acme_solvers.cpp", "CMakeLists.txt", "pipeline.toml"]
+missing = [f for f in wanted if f not in files]
+if missing:
+    sys.exit("sdk/GUIDE.md lacks " + ", ".join(missing))
+for name in wanted:
+    (pathlib.Path(sys.argv[2]) / name).write_text(files[name])
+PY
+"$cmake_bin" -S "$work/guide" -B "$work/guide-build" "${generator[@]}" "${launcher[@]}" \
+  -DCMAKE_PREFIX_PATH="$prefix" >"$work/configure-guide.log" 2>&1 ||
+  { cat "$work/configure-guide.log"; fail "configure the guide's plugins"; }
+"$cmake_bin" --build "$work/guide-build" -j 2 >"$work/build-guide.log" 2>&1 ||
+  { cat "$work/build-guide.log"; fail "build the guide's plugins"; }
+if grep -q "warning:" "$work/build-guide.log"; then cat "$work/build-guide.log"; fail "the guide's plugins build with warnings"; fi
+"$pathline" plugins --plugin-dir "$work/guide-build" >"$work/guide-plugins.txt" 2>&1 || fail "pathline plugins (guide)"
+expect_not_in "$work/guide-plugins.txt" "Failed to load"
+for component in acme_ring acme_mlp acme_rk3; do expect_in "$work/guide-plugins.txt" "  $component "; done
+# The guide's pipeline as written: a labelled data set, a conditional model, guided sampling.
+"$pathline" run "$work/guide/pipeline.toml" --plugin-dir "$work/guide-build" --run-dir "$work/guide-run" \
+  >"$work/guide-run.out" 2>"$work/guide-run.err" || { cat "$work/guide-run.err"; fail "pathline run (guide)"; }
+expect_json "$work/guide-run/summary.json" \
+  's["sampling"]["solver"] == "acme_rk3" and s["sampling"]["nfe"] == 24 and s["sampling"]["guidance_scale"] == 1.5' \
+  "summary.json: the guide's solver, 8 steps of 3 evaluations, guidance 1.5"
+expect_json "$work/guide-run/summary.json" 'math.isfinite(s["metrics"]["energy_distance"])' "summary.json (guide): a finite energy distance"
+# Labels cross the plugin boundary: samples asked for the upper half (class 0) land above the x axis,
+# those asked for the lower half (class 1) below.
+python3 - "$work/guide-run" <<'PY' || fail "the guide's conditional model does not put samples in their class's half"
+import ast, struct, sys
+
+def load_npy(path):  # the .npy files the engine writes: version 1, C order, little endian
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x93NUMPY\x01\x00", f"{path}: not a version 1.0 .npy file"
+    length = struct.unpack("<H", data[8:10])[0]
+    header = ast.literal_eval(data[10 : 10 + length].decode("latin1"))
+    code = {"<f4": "f", "<i8": "q"}[header["descr"]]
+    body = data[10 + length :]
+    return struct.unpack(f"<{len(body) // struct.calcsize(code)}{code}", body), header["shape"]
+
+x, x_shape = load_npy(sys.argv[1] + "/samples.npy")
+labels, labels_shape = load_npy(sys.argv[1] + "/labels.npy")
+n = labels_shape[0]
+assert x_shape == (n, 2), f"samples {x_shape}, labels {labels_shape}"
+assert set(labels) == {0, 1}, f"labels asked for: {sorted(set(labels))}"
+right = sum((x[2 * i + 1] < 0) == (labels[i] == 1) for i in range(n)) / n
+print(f"guide: {right:.3f} of the samples in their class's half")
+sys.exit(0 if right > 0.9 else 1)
+PY
+
+# --- 5. A plugin from another SDK ABI version is refused; everything else loads ------------------
+# The previous version: a plugin nobody rebuilt.
+other=$((abi > 1 ? abi - 1 : abi + 1))
+step "build the example for SDK ABI $other"
 "$cmake_bin" -S "$work/src" -B "$work/example-abi" "${generator[@]}" "${launcher[@]}" \
   -DCMAKE_PREFIX_PATH="$prefix" -DEXAMPLE_FAKE_SDK_ABI_VERSION="$other" >"$work/configure-abi.log" 2>&1 ||
   { cat "$work/configure-abi.log"; fail "configure the example for ABI $other"; }

@@ -1,5 +1,8 @@
 // The `pathline` command line: exit codes (0 ok, 2 usage or invalid config, 1 failure while
 // running), messages on stderr, results on stdout, and nothing written by a failed validation.
+#include <nlohmann/json.hpp>
+
+#include "pathline/engine/io.hpp"
 #include "support/support.hpp"
 
 namespace pathline {
@@ -17,8 +20,7 @@ const std::string kGood =
 TEST(Cli, VersionAndHelp) {
   auto v = run_cli("--version");
   EXPECT_EQ(v.code, 0);
-  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI ") + std::to_string(PATHLINE_SDK_ABI_VERSION) + ", LibTorch " +
-                       TORCH_VERSION + ")\n");
+  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 2, LibTorch ") + TORCH_VERSION + ")\n");
   EXPECT_EQ(run_cli("--help").code, 0);
   EXPECT_EQ(run_cli("").code, 2);
   for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "sample"}) {
@@ -165,11 +167,54 @@ TEST(Cli, RunTrainAndSampleEndToEnd) {
   auto s = run_cli("sample runs/good --set solver.type=heun --set solver.steps=3", dir.path());
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_EQ(s.out, "runs/good/sample-heun\n");
-  std::string summary = testing::read_text(dir / "runs/good/sample-heun/summary.json");
-  EXPECT_NE(summary.find("\"solver\": \"heun\", \"n\": 64, \"nfe\": 6"), std::string::npos) << summary;
+  auto summary = nlohmann::json::parse(testing::read_text(dir / "runs/good/sample-heun/summary.json"));
+  EXPECT_EQ(summary["sampling"]["solver"], "heun");
+  EXPECT_EQ(summary["sampling"]["time_grid"], "uniform");
+  EXPECT_EQ(summary["sampling"]["n"], 64);
+  EXPECT_EQ(summary["sampling"]["nfe"], 6);
   // The replayed config is the run's own file.
   auto replay = run_cli("validate runs/good/config.toml", dir.path());
   EXPECT_EQ(replay.code, 0) << replay.err;
+}
+
+TEST(Cli, SampleOutWritesWhereAskedAndRefusesAFullFolder) {
+  TempDir dir;
+  write_text(dir / "good.toml", kGood);
+  ASSERT_EQ(run_cli("train good.toml", dir.path()).code, 0);
+  EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/samples.npy"));  // train only trains
+  auto s = run_cli("sample runs/good --out elsewhere --set sample.n=10", dir.path());
+  ASSERT_EQ(s.code, 0) << s.err;
+  EXPECT_EQ(s.out, "elsewhere\n");
+  EXPECT_EQ(read_npy(dir / "elsewhere/samples.npy").size(0), 10);
+  EXPECT_TRUE(std::filesystem::exists(dir / "elsewhere/config.toml"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/sample-euler"));
+  auto full = run_cli("sample runs/good --out elsewhere", dir.path());
+  EXPECT_EQ(full.code, 1);
+  EXPECT_EQ(full.err, "pathline sample: error: elsewhere: the output directory exists and is not empty\n");
+}
+
+TEST(Cli, TypeOverrideDropsTheOldTypesKeysWithANote) {
+  TempDir dir;
+  write_text(dir / "p.toml", kGood + "[path]\ntype = \"linear\"\nsigma_min = 0.01\n");
+  auto r = run_cli("validate p.toml --print --set path.type=cosine", dir.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto lines = lines_of(r.err);
+  ASSERT_EQ(lines.size(), 2u) << r.err;
+  EXPECT_EQ(lines[0].rfind("note: --set path.type=cosine: dropped path.sigma_min", 0), 0u) << lines[0];
+  EXPECT_EQ(lines[1], "p.toml: valid");
+  EXPECT_NE(r.out.find("[path]\ntype = \"cosine\"\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("sigma_min"), std::string::npos) << r.out;
+}
+
+TEST(Cli, GuidanceOnUnlabelledDataIsRefusedBeforeAnythingIsWritten) {
+  TempDir dir;
+  write_text(dir / "good.toml", kGood);
+  auto r = run_cli("run good.toml --set sample.guidance_scale=2", dir.path());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err,
+            "pathline run: error: sample.guidance_scale = 2 needs labelled data, but dataset 'toy2d' has no labels; "
+            "set guidance_scale = 1 or use a labelled data set\n");
+  EXPECT_FALSE(std::filesystem::exists(dir / "runs"));
 }
 
 TEST(Cli, SampleErrors) {

@@ -42,7 +42,7 @@ const std::vector<Quantity> kQuantities = {Quantity::velocity, Quantity::noise, 
 // Paths
 
 // What theory says each path's coefficients are at t = 0 and t = 1 with its default parameters.
-// A path not listed here must follow DESIGN.md's convention: alpha_0 = 0, sigma_0 = 1,
+// A path not listed here must follow the convention of docs/concepts.md: alpha_0 = 0, sigma_0 = 1,
 // alpha_1 = 1, sigma_1 = 0.
 struct Ends {
   double alpha0, sigma0, alpha1, sigma1;
@@ -158,13 +158,14 @@ TEST(TheoryPaths, EveryParamIsDocumentedWithARange) {
 // ---------------------------------------------------------------------------------------------
 // Parameterizations on every path
 
-struct Batch {
+// Pairs on a path at times t, and the coefficients there.
+struct PathBatch {
   PathCoefficients c;
   torch::Tensor x0, x1, x_t;
 };
 
-Batch batch_at(const Path& path, const torch::Tensor& t, std::int64_t dim = 3) {
-  Batch b;
+PathBatch batch_at(const Path& path, const torch::Tensor& t, std::int64_t dim = 3) {
+  PathBatch b;
   b.c = path.coefficients(t).broadcast_to_rank(2);
   b.x0 = torch::randn({t.size(0), dim}, t.options());
   b.x1 = 2.0 * torch::randn({t.size(0), dim}, t.options()) + 0.5;
@@ -182,7 +183,7 @@ TEST(TheoryParameterizations, ConversionsRoundTripOnEveryPath) {
   auto t = 0.02 + 0.96 * torch::rand({256}, torch::kFloat64);
   for (const std::string& path_name : registry().names(Kind::path)) {
     auto path = make<Path>(path_name);
-    Batch b = batch_at(*path, t);
+    PathBatch b = batch_at(*path, t);
     for (const std::string& from_name : registry().names(Kind::parameterization)) {
       SCOPED_TRACE(path_name + ", " + from_name);
       auto from = make<Parameterization>(from_name);
@@ -214,7 +215,7 @@ TEST(TheoryParameterizations, SlowPathsStillDetermineThePairFromTheVelocity) {
   torch::manual_seed(5);
   auto path = make<Path>("polynomial", {{"exponent", 8.0}});
   auto t = 0.05 + 0.14 * torch::rand({64}, torch::kFloat64);
-  Batch b = batch_at(*path, t);
+  PathBatch b = batch_at(*path, t);
   auto velocity = make<Parameterization>("velocity");
   auto v = velocity->target(b.x0, b.x1, b.c);
   EXPECT_LT(max_abs(b.c.alpha * b.c.d_sigma - b.c.sigma * b.c.d_alpha), kMinDivisor);
@@ -242,7 +243,7 @@ TEST(TheoryParameterizations, VelocityTargetIsTheConditionalVelocity) {
   auto velocity = make<Parameterization>("velocity");
   for (const std::string& name : registry().names(Kind::path)) {
     auto path = make<Path>(name);
-    Batch b = batch_at(*path, t);
+    PathBatch b = batch_at(*path, t);
     const double h = 1e-6;
     auto ahead = Path::interpolate(path->coefficients(t + h).broadcast_to_rank(2), b.x0, b.x1);
     auto behind = Path::interpolate(path->coefficients(t - h).broadcast_to_rank(2), b.x0, b.x1);
@@ -256,7 +257,7 @@ TEST(TheoryParameterizations, EveryConversionIsFiniteAtBothEnds) {
     auto t = torch::tensor({0.0, 1.0, 0.0, 1.0}, options);
     for (const std::string& path_name : registry().names(Kind::path)) {
       auto path = make<Path>(path_name);
-      Batch b = batch_at(*path, t, 2);
+      PathBatch b = batch_at(*path, t, 2);
       for (const std::string& from_name : registry().names(Kind::parameterization)) {
         SCOPED_TRACE(path_name + ", " + from_name + (dtype == torch::kFloat32 ? ", float32" : ", float64"));
         auto from = make<Parameterization>(from_name);
@@ -285,7 +286,7 @@ class IdealGaussianField : public VectorField {
   IdealGaussianField(const Path& path, const Parameterization& param, torch::Tensor mean, double std)
       : path_(path), param_(param), mean_(std::move(mean)), var_(std * std) {}
 
-  torch::Tensor velocity(const torch::Tensor& x, double t) override {
+  torch::Tensor predict(Quantity q, const torch::Tensor& x, double t) override {
     auto c = path_.coefficients(torch::full({x.size(0)}, t, x.options())).broadcast_to_rank(2);
     auto centered = x - c.alpha * mean_;
     auto v = c.alpha.square() * var_ + c.sigma.square();
@@ -295,9 +296,11 @@ class IdealGaussianField : public VectorField {
     if (param_.predicts() == Quantity::score) {  // Tweedie: -E[x0 | x_t] / sigma is the marginal score
       EXPECT_LT(relative_error(pred, -centered / v), 1e-9);
     }
-    return param_.convert(pred, x, c, Quantity::velocity);
+    return param_.convert(pred, x, c, q);
   }
-  torch::Tensor score(const torch::Tensor& x, double) override { return -x; }
+  PathCoefficients coefficients(double t) const override {
+    return path_.coefficients(torch::full({1}, t, torch::kFloat64));
+  }
 
  private:
   const Path& path_;
@@ -305,6 +308,13 @@ class IdealGaussianField : public VectorField {
   torch::Tensor mean_;
   double var_;
 };
+
+// The engine's grid for a solver: uniform, cut into the solver's steps.
+SolveRequest uniform_request(const Solver& solver, const Path& path, double t0, double t1) {
+  SolveRequest request;
+  request.times = make<TimeGrid>("uniform")->times(solver.grid_steps(), t0, t1, path);
+  return request;
+}
 
 TEST(TheoryParameterizations, IdealPredictionsTransportThePriorToTheData) {
   torch::manual_seed(4);
@@ -323,10 +333,7 @@ TEST(TheoryParameterizations, IdealPredictionsTransportThePriorToTheData) {
       SCOPED_TRACE(path_name + ", " + param_name);
       auto param = make<Parameterization>(param_name);
       IdealGaussianField field(*path, *param, mean, std);
-      SolveRequest request;
-      request.t0 = t0;
-      request.t1 = t1;
-      auto end = solver->solve(field, start, request);
+      auto end = solver->solve(field, start, uniform_request(*solver, *path, t0, t1));
       // Exact up to rk4's error, unless a divisor was below kMinDivisor somewhere on the way (polynomial:
       // alpha = t^2 < 1e-4 for t < 0.01); then the velocity is off by at most kMinDivisor |x1| in all.
       const bool floored = param->predicts() != Quantity::velocity &&
@@ -535,7 +542,10 @@ double energy_distance_of(const std::vector<std::string>& overrides) {
   train(config, c, {}, nullptr);
   SampleResult s = sample(config, c);
   EXPECT_TRUE(all_finite(s.samples));
-  return evaluate(config, c, s.samples).at("energy_distance");
+  for (const MetricRecord& record : evaluate(config, c, s.samples, s.labels))
+    if (record.type == "energy_distance") return record.result.value;
+  ADD_FAILURE() << "no energy_distance among the results";
+  return std::nan("");
 }
 
 // Untrained, the field leaves samples near the prior N(0, I): far from the 8 modes.

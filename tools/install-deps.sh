@@ -9,6 +9,7 @@ packages=(
   libboost-dev libboost-program-options-dev
   libtomlplusplus-dev libfmt-dev libgtest-dev
   zlib1g-dev python3-numpy
+  libstb-dev libcairo2-dev fonts-dejavu-core nlohmann-json3-dev
 )
 
 missing=()

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install dependencies, build, run configs/quickstart.toml.
 #   bash tools/quickstart.sh [extra pathline run options, e.g. --set train.steps=500]
+# It configures the same build folder as tools/test.sh (tests included), so the two commands work
+# in either order; it only builds what the main job needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh >/dev/null
 build="${PATHLINE_BUILD_DIR:-build}"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPATHLINE_BUILD_TESTS=OFF >/dev/null
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPATHLINE_BUILD_TESTS=ON >/dev/null
 cmake --build "$build" -j "$(nproc)" --target pathline
 "$build/bin/pathline" run configs/quickstart.toml "$@"

@@ -7,7 +7,8 @@
 //   sinkhorn      entropic OT (Cuturi 2013), stable for small eps, then one noise row drawn per
 //                 data row from the plan
 //
-// Both OT couplings flatten samples to [B, D] for the cost, so images work like points.
+// Both OT couplings flatten samples to [B, D] for the cost, so images work like points. Every
+// coupling pairs whole rows: a label moves with the row it belongs to.
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -20,6 +21,7 @@
 
 namespace {
 
+using pathline::Batch;
 using pathline::BuildContext;
 using pathline::Params;
 using pathline::ParamSpec;
@@ -30,11 +32,18 @@ class IndependentCoupling : public pathline::Coupling {
  public:
   IndependentCoupling(const Params&, const BuildContext&) {}
 
-  std::pair<torch::Tensor, torch::Tensor> couple(const torch::Tensor& x0, const torch::Tensor& x1,
-                                                 at::Generator&) override {
-    return {x0, x1};
+  std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator&) override {
+    return {std::move(source), std::move(target)};
   }
 };
+
+// The rows `rows` of a batch, labels included.
+Batch select_rows(const Batch& batch, const torch::Tensor& rows) {
+  Batch out;
+  out.x = batch.x.index_select(0, rows.to(batch.x.device()));
+  if (batch.labels.defined()) out.labels = batch.labels.index_select(0, rows.to(batch.labels.device()));
+  return out;
+}
 
 // The squared Euclidean cost C[i][j] = ||x0_i - x1_j||^2 between flattened rows, as a contiguous
 // float64 matrix on the CPU. With `centre`, each batch is first moved to mean zero: that changes
@@ -43,14 +52,17 @@ class IndependentCoupling : public pathline::Coupling {
 torch::Tensor squared_cost(const std::string& who, const torch::Tensor& x0, const torch::Tensor& x1,
                            bool centre = false) {
   if (x0.dim() == 0 || x1.dim() == 0 || x0.size(0) != x1.size(0))
-    throw pathline::InputError(who + ": the noise and data batches must have the same number of rows, got " +
-                               std::to_string(x0.dim() ? x0.size(0) : 0) + " and " +
-                               std::to_string(x1.dim() ? x1.size(0) : 0));
+    throw pathline::InputError(
+        who + ": the source (x0) and target (x1) batches must have the same number of rows, got " +
+        std::to_string(x0.dim() ? x0.size(0) : 0) + " and " + std::to_string(x1.dim() ? x1.size(0) : 0));
   torch::NoGradGuard no_grad;
   auto a = x0.reshape({x0.size(0), -1}).to(torch::kDouble);
   auto b = x1.reshape({x1.size(0), -1}).to(torch::kDouble);
   if (a.size(1) != b.size(1))
-    throw pathline::InputError(who + ": noise and data samples differ in size");
+    throw pathline::InputError(
+        who + ": source samples of " + std::to_string(a.size(1)) + " values and target samples of " +
+        std::to_string(b.size(1)) +
+        " values cannot be paired; the [source] must draw samples shaped like the [dataset]'s");
   if (centre) {
     a = a - a.mean(0, true);
     b = b - b.mean(0, true);
@@ -196,7 +208,8 @@ std::vector<std::int64_t> solve_assignment(const double* cost, std::int64_t n) {
           best_at = k;
         }
       }
-      if (best_at < 0 || !std::isfinite(best)) throw pathline::Error("minibatch_ot: assignment search failed");
+      if (best_at < 0 || !std::isfinite(best))
+        throw pathline::Error("minibatch_ot: assignment search failed");
       settled_dist = best;
       const std::int64_t col = pp[best_at];
       pp[best_at] = pp[--pending_count];
@@ -235,14 +248,12 @@ class MinibatchOtCoupling : public pathline::Coupling {
  public:
   MinibatchOtCoupling(const Params&, const BuildContext&) {}
 
-  std::pair<torch::Tensor, torch::Tensor> couple(const torch::Tensor& x0, const torch::Tensor& x1,
-                                                 at::Generator&) override {
-    auto cost = squared_cost("minibatch_ot", x0, x1, /*centre=*/true);
+  std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator&) override {
+    auto cost = squared_cost("minibatch_ot", source.x, target.x, /*centre=*/true);
     const std::int64_t n = cost.size(0);
-    if (n <= 1) return {x0, x1};
+    if (n <= 1) return {std::move(source), std::move(target)};
     std::vector<std::int64_t> row_of_col = solve_assignment(cost.data_ptr<double>(), n);
-    auto perm = torch::tensor(row_of_col, torch::kLong).to(x0.device());
-    return {x0.index_select(0, perm), x1};
+    return {select_rows(source, torch::tensor(row_of_col, torch::kLong)), std::move(target)};
   }
 };
 
@@ -262,11 +273,10 @@ class SinkhornCoupling : public pathline::Coupling {
         iterations_(p.integer("iterations")),
         tolerance_(p.real("tolerance")) {}
 
-  std::pair<torch::Tensor, torch::Tensor> couple(const torch::Tensor& x0, const torch::Tensor& x1,
-                                                 at::Generator& gen) override {
-    auto cost = squared_cost("sinkhorn", x0, x1);
+  std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator& gen) override {
+    auto cost = squared_cost("sinkhorn", source.x, target.x);
     const std::int64_t n = cost.size(0);
-    if (n <= 1) return {x0, x1};
+    if (n <= 1) return {std::move(source), std::move(target)};
     torch::NoGradGuard no_grad;
     double eps = reg_;
     if (relative_) eps *= cost.mean().item<double>();
@@ -276,7 +286,7 @@ class SinkhornCoupling : public pathline::Coupling {
     torch::Tensor weights = scaling_iterations(cost, eps);
     if (!weights.defined()) weights = log_domain_iterations(cost, eps);
     auto rows = torch::multinomial(weights, 1, true, gen).squeeze(1);
-    return {x0.index_select(0, rows.to(x0.device())), x1};
+    return {select_rows(source, rows), std::move(target)};
   }
 
  private:
@@ -331,7 +341,7 @@ class SinkhornCoupling : public pathline::Coupling {
 
 void register_couplings(pathline::Registrar& registrar) {
   registrar.add_type<pathline::Coupling, IndependentCoupling>(pathline::ComponentDecl{
-      "independent", "pairs noise and data rows as drawn (independent coupling)", {}});
+      "independent", "pairs source (noise) and data rows as drawn (independent coupling)", {}});
   registrar.add_type<pathline::Coupling, MinibatchOtCoupling>(pathline::ComponentDecl{
       "minibatch_ot",
       "exact optimal assignment of noise to data rows within the batch under squared Euclidean cost "
@@ -339,8 +349,8 @@ void register_couplings(pathline::Registrar& registrar) {
       {}});
   registrar.add_type<pathline::Coupling, SinkhornCoupling>(pathline::ComponentDecl{
       "sinkhorn",
-      "entropic OT plan (Sinkhorn, Cuturi 2013; log space for small eps); each data row draws its noise row from "
-      "the plan's column, so noise rows may repeat",
+      "entropic OT plan (Sinkhorn, Cuturi 2013; log space for small eps); each data row draws its noise row "
+      "from the plan's column, so noise rows may repeat",
       {ParamSpec::real("reg", 0.05,
                        "entropic regularisation eps; small: close to exact OT (needs more iterations), "
                        "large: close to independent pairs")

@@ -1,4 +1,4 @@
-// Plugin "metrics": sample-based distances between generated and reference samples.
+// Plugin "metrics": sample-based distances between generated and reference samples (fresh data).
 #include <algorithm>
 #include <string>
 
@@ -13,29 +13,32 @@ using pathline::ParamSpec;
 // Squared energy distance (Szekely & Rizzo 2013, eq. 2) between the two empirical measures:
 //   D^2 = 2 E|X - Y| - E|X - X'| - E|Y - Y'|,
 // every expectation a mean over all pairs, i = j included (the V-statistic). It is >= 0 and 0 for
-// identical sets. Distances are computed in float64, a block of kChunk rows at a time
-// (kChunk x 10,000 doubles = 80 MB), and summed in float64.
+// identical sets: lower is better. Labels are not looked at (the distance is between the whole sets).
+// Distances are computed in float64, a block of kChunk rows at a time (kChunk x 10,000 doubles =
+// 80 MB), and summed in float64.
 class EnergyDistance : public pathline::Metric {
  public:
   EnergyDistance(const Params& p, const BuildContext&) : max_samples_(p.integer("max_samples")) {}
 
-  double compute(const torch::Tensor& generated, const torch::Tensor& reference) override {
+  pathline::Direction direction() const override { return pathline::Direction::lower_is_better; }
+
+  pathline::MetricResult compute(const pathline::MetricInput& input) override {
     torch::NoGradGuard no_grad;
-    const torch::Tensor x = flatten(generated), y = flatten(reference);
+    const torch::Tensor x = flatten(input.generated, "generated"), y = flatten(input.reference, "reference");
     if (x.size(1) != y.size(1))
-      throw pathline::InputError("energy_distance: samples of " + std::to_string(x.size(1)) +
-                                 " and " + std::to_string(y.size(1)) + " values do not compare");
+      throw pathline::InputError("energy_distance: samples of " + std::to_string(x.size(1)) + " and " +
+                                 std::to_string(y.size(1)) + " values do not compare");
     const double d2 = 2.0 * mean_distance(x, y) - mean_distance(x, x) - mean_distance(y, y);
-    return std::max(d2, 0.0);  // negative only by rounding
+    return {std::max(d2, 0.0), {}};  // negative only by rounding
   }
 
  private:
   static constexpr std::int64_t kChunk = 1024;
 
   // The first max_samples rows as [N, D] float64.
-  torch::Tensor flatten(const torch::Tensor& samples) const {
-    if (samples.dim() < 1 || samples.size(0) == 0)
-      throw pathline::InputError("energy_distance: got an empty set of samples");
+  torch::Tensor flatten(const torch::Tensor& samples, const char* which) const {
+    if (!samples.defined() || samples.dim() < 1 || samples.size(0) == 0)
+      throw pathline::InputError(std::string("energy_distance: got no ") + which + " samples");
     const std::int64_t n = std::min(samples.size(0), max_samples_);
     return samples.narrow(0, 0, n).reshape({n, -1}).to(torch::kDouble);
   }

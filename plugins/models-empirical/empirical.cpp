@@ -4,8 +4,7 @@
 //
 // For data points x1_1..x1_N (uniform weights) and an affine Gaussian path
 // p_t(x | x1) = N(x; alpha_t x1, sigma_t^2 I), the marginal velocity is the posterior-weighted
-// average of conditional velocities (DESIGN.md, "The math"; the lecture's "It's all just weighted
-// average"):
+// average of conditional velocities (docs/concepts.md; Lipman et al. 2022, eq. 8):
 //   w_i(x, t) = softmax_i( -||x - alpha_t x1_i||^2 / (2 sigma_t^2) )
 //   u_t(x)    = sum_i w_i u_t(x | x1_i),   u_t(x | x1) = alpha'_t x1 + sigma'_t (x - alpha_t x1) / sigma_t.
 // Because u_t(x | x1) is affine in x1, this is u_t(x) = alpha'_t m + sigma'_t (x - alpha_t m) / sigma_t
@@ -19,8 +18,14 @@
 // clamped to min_sigma so that nothing is infinite, but a solver stage evaluated at t = 1 gets a
 // meaningless value there. Sample with [sample] t_end slightly below 1 (0.999 leaves samples within
 // about 0.001 |x1 - x0| of their points), or finish with predicts = "data", the exact denoiser.
+//
+// On labelled data the points keep their labels, and a row conditioned on class k gets the exact
+// field of the class: the same average over the points of class k only, i.e. the marginal field of
+// q(x1 | k), which is what a perfectly trained conditional model learns. The null label (and no
+// labels at all) averages over every point: the unconditional field.
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <limits>
 #include <string>
 
 #include "pathline/plugin.hpp"
@@ -51,32 +56,47 @@ class EmpiricalModel : public pathline::Model {
     // same config always gives the same field.
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(ctx.seed ^ 0x5eed5eed5eed5eedULL);
     const std::int64_t n = p.integer("n_points");
-    torch::Tensor points = ctx.dataset->sample(n, gen);
+    pathline::Batch drawn = ctx.dataset->sample(n, gen);
+    const torch::Tensor& points = drawn.x;
     if (points.dim() < 1 || points.size(0) != n)
-      throw pathline::Error("empirical: the data set returned " + std::to_string(points.dim() ? points.size(0) : 0) +
-                            " samples, " + std::to_string(n) + " were asked for");
+      throw pathline::Error("empirical: the data set returned " +
+                            std::to_string(points.dim() ? points.size(0) : 0) + " samples, " +
+                            std::to_string(n) + " were asked for");
     points_ = register_buffer("points", points.reshape({n, -1}).to(torch::kDouble).contiguous());
+    if (drawn.labels.defined()) {
+      if (drawn.labels.numel() != n)
+        throw pathline::Error("empirical: the data set returned " + std::to_string(drawn.labels.numel()) +
+                              " labels for " + std::to_string(n) + " samples");
+      labels_ = register_buffer("labels", drawn.labels.reshape({n}).to(torch::kInt64).contiguous());
+      class_counts_ = torch::bincount(labels_.clamp_min(0));
+    }
   }
 
   bool trainable() const override { return false; }
 
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t) override {
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
+                        const pathline::Condition& condition) override {
     const std::int64_t batch = x.size(0);
     const torch::Tensor points = points_.to(x.device(), torch::kDouble);
     const std::int64_t dim = points.size(1);
     if (x.numel() != batch * dim)
-      throw pathline::Error("empirical: x has " + std::to_string(x.numel() / std::max<std::int64_t>(batch, 1)) +
+      throw pathline::Error("empirical: x has " +
+                            std::to_string(x.numel() / std::max<std::int64_t>(batch, 1)) +
                             " values per sample, the data " + std::to_string(dim));
     torch::Tensor xf = x.reshape({batch, dim}).to(torch::kDouble);
     torch::Tensor tt = t.to(x.device(), torch::kDouble).reshape({-1});
     if (tt.numel() == 1) tt = tt.expand({batch});
-    if (tt.numel() != batch) throw pathline::Error("empirical: t must hold one time per sample or a single time");
+    if (tt.numel() != batch)
+      throw pathline::Error("empirical: t must hold one time per sample or a single time");
 
     pathline::PathCoefficients c = path_->coefficients(tt);
     auto as_column = [](const torch::Tensor& k) { return k.to(torch::kDouble).reshape({-1, 1}); };
     c = {as_column(c.alpha), as_column(c.sigma).clamp_min(min_sigma_), as_column(c.d_alpha),
          as_column(c.d_sigma)};
     const torch::Tensor half_sq_norms = points.square().sum(1).mul_(0.5).unsqueeze(0);  // [1, N]
+    const torch::Tensor wanted = requested_classes(condition, batch, x.device());       // [B] or undefined
+    const torch::Tensor point_labels =
+        labels_.defined() ? labels_.to(x.device()).unsqueeze(0) : torch::Tensor();
 
     // m = E[x1 | x] by rows of x, batch_size at a time: memory batch_size x N. The log weights drop
     // the ||x||^2 term of -||x - alpha x1_i||^2 / (2 sigma^2), which is the same for every i.
@@ -86,6 +106,12 @@ class EmpiricalModel : public pathline::Model {
       auto alpha = c.alpha.narrow(0, start, rows), sigma = c.sigma.narrow(0, start, rows);
       auto logits = torch::addmm(half_sq_norms * -alpha, xf.narrow(0, start, rows), points.t())
                         .mul_(alpha / sigma.square());
+      if (wanted.defined()) {
+        // A row of class k averages over the points of class k only: the others get weight 0.
+        auto row_class = wanted.narrow(0, start, rows).unsqueeze(1);
+        logits.masked_fill_((row_class >= 0) & (point_labels != row_class),
+                            -std::numeric_limits<double>::infinity());
+      }
       means.push_back(torch::softmax(logits, 1).mm(points));
     }
     torch::Tensor x1_hat = means.size() == 1 ? means[0] : torch::cat(means);
@@ -94,18 +120,47 @@ class EmpiricalModel : public pathline::Model {
   }
 
  private:
+  // The labels rows ask for, checked, as [B] int64 on `device`; undefined when every row is
+  // unconditional (no labels, or only the null label), which averages over every point.
+  torch::Tensor requested_classes(const pathline::Condition& condition, std::int64_t batch,
+                                  const torch::Device& device) const {
+    if (!condition.labels.defined()) return {};
+    if (condition.labels.dim() != 1 || condition.labels.size(0) != batch)
+      throw pathline::Error("empirical: the condition holds " + std::to_string(condition.labels.numel()) +
+                            " labels for a batch of " + std::to_string(batch) + " samples");
+    const torch::Tensor wanted = condition.labels.to(device, torch::kInt64);
+    const torch::Tensor conditional = wanted >= 0;  // kNullLabel (-1) asks for every point
+    if (!conditional.any().item<bool>()) return {};
+    if (!labels_.defined())
+      throw pathline::Error("empirical: asked for a class, but the data set's points carry no labels");
+    // A class none of the n_points drawn belongs to would leave a row with nothing to average.
+    const torch::Tensor asked = wanted.masked_select(conditional).cpu();
+    const std::int64_t classes = class_counts_.size(0);
+    const torch::Tensor absent =
+        (asked >= classes) | (class_counts_.index_select(0, asked.clamp_max(classes - 1)) == 0);
+    if (absent.any().item<bool>())
+      throw pathline::InputError("empirical: none of the " + std::to_string(labels_.size(0)) +
+                                 " points drawn is of class " +
+                                 std::to_string(asked.masked_select(absent)[0].item<std::int64_t>()) +
+                                 " (is it a class of the data set?); raise n_points");
+    return wanted;
+  }
+
   std::shared_ptr<const pathline::Path> path_;
   Quantity output_;
   std::int64_t batch_size_;
   double min_sigma_;
-  torch::Tensor points_;  // [N, D] float64, the data points flattened
+  torch::Tensor points_;        // [N, D] float64, the data points flattened
+  torch::Tensor labels_;        // [N] int64, the points' labels; undefined for unlabelled data
+  torch::Tensor class_counts_;  // points per class, on the CPU
 };
 
 void register_empirical(pathline::Registrar& registrar) {
   registrar.add_type<pathline::Model, EmpiricalModel>(pathline::ComponentDecl{
       "empirical",
       "exact marginal field of n_points data points drawn once (posterior-weighted average of "
-      "conditional velocities); needs no training; set `predicts` to the [parameterization] type",
+      "conditional velocities; on labelled data, of the points of the class asked for); needs no training; "
+      "set `predicts` to the [parameterization] type",
       {ParamSpec::integer("n_points", 1000, "data points drawn once from the data set at build time")
            .at_least(1),
        ParamSpec::choice("predicts", {"velocity", "noise", "data", "score"}, "velocity",

@@ -1,5 +1,6 @@
 // Plugin "parameterizations": what the model predicts. The SDK's Parameterization converts the
-// prediction to every other quantity through the pair (x0_hat, x1_hat) (DESIGN.md).
+// prediction to every other quantity through the pair (x0_hat, x1_hat) (docs/concepts.md,
+// "Parameterizations").
 #include "pathline/plugin.hpp"
 
 namespace {

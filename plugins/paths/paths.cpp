@@ -1,4 +1,4 @@
-// Plugin "paths": affine probability paths x_t = alpha_t x1 + sigma_t x0 (DESIGN.md, "The math").
+// Plugin "paths": affine probability paths x_t = alpha_t x1 + sigma_t x0 (docs/concepts.md, "Paths").
 // Every path returns alpha_t, sigma_t and their exact time derivatives, shaped like t and computed
 // in t's dtype. Time runs from noise (t = 0) to data (t = 1); the diffusion literature (Song et al.
 // 2021) runs its time s the other way, so the diffusion paths below use s = 1 - t, ds/dt = -1.

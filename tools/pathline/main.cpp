@@ -85,6 +85,11 @@ void add_set_option(po::options_description& options) {
                         "override a config key, e.g. --set train.steps=500 (repeatable)");
 }
 
+// What validation did quietly (keys dropped by a type override), one "note:" line each.
+void print_notes(const PipelineConfig& config) {
+  for (const auto& note : config.notes) std::cerr << "note: " << note << "\n";
+}
+
 Logger stderr_logger() {
   return [](const std::string& line) { std::cerr << line << "\n"; };
 }
@@ -157,6 +162,9 @@ int cmd_inspect(const std::vector<std::string>& args) {
   }
   if (what.size() != 2) throw UsageError("expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME or an engine table");
   auto kind = kind_from_string(what[0]);
+  // A slot's name works too: `inspect source gaussian` is `inspect dataset gaussian`.
+  if (!kind)
+    if (const SlotSpec* slot = find_slot(what[0])) kind = slot->kind;
   if (!kind) {
     std::vector<std::string> kinds;
     for (Kind k : kAllKinds) kinds.push_back(to_string(k));
@@ -211,6 +219,7 @@ int cmd_validate(const std::vector<std::string>& args) {
   ConfigOptions co;
   co.overrides = overrides_of(*vm);
   PipelineConfig config = load_config(file, s.registry, co);
+  print_notes(config);
   if (vm->count("print")) std::cout << config.to_toml();
   std::cerr << file << ": valid\n";
   return kOk;
@@ -231,6 +240,7 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
   ConfigOptions co;
   co.overrides = overrides_of(*vm);
   PipelineConfig config = load_config(file, s.registry, co);
+  print_notes(config);
   JobOptions job;
   if (vm->count("run-dir")) job.run_dir = (*vm)["run-dir"].as<std::string>();
   job.overwrite = vm->count("overwrite") != 0;

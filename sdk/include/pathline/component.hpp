@@ -1,9 +1,12 @@
-// What every kind of component shares: the kinds, the build context, the declaration.
+// What every kind of component shares: the table of kinds, what the engine knows about the data,
+// batches and conditions, the build context and the declaration.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,27 +16,42 @@
 
 #include "pathline/params.hpp"
 
+// The one table of kinds: X(name as written in configs, interface class). Adding a kind is one line
+// here plus its interface header; the enum, the names, the registrar and the registry follow.
+#define PATHLINE_KINDS(X)                    \
+  X(dataset, Dataset)                        \
+  X(path, Path)                              \
+  X(coupling, Coupling)                      \
+  X(time_sampler, TimeSampler)               \
+  X(parameterization, Parameterization)      \
+  X(model, Model)                            \
+  X(solver, Solver)                          \
+  X(time_grid, TimeGrid)                     \
+  X(metric, Metric)
+
 namespace pathline {
 
-enum class Kind { dataset, path, coupling, time_sampler, parameterization, model, solver, metric };
+#define PATHLINE_KIND_ENUM(name, Interface) name,
+enum class Kind { PATHLINE_KINDS(PATHLINE_KIND_ENUM) };
+#undef PATHLINE_KIND_ENUM
 
-inline constexpr std::array<Kind, 8> kAllKinds = {
-    Kind::dataset, Kind::path,  Kind::coupling, Kind::time_sampler, Kind::parameterization,
-    Kind::model,   Kind::solver, Kind::metric};
+#define PATHLINE_KIND_VALUE(name, Interface) Kind::name,
+inline constexpr Kind kAllKindsList[] = {PATHLINE_KINDS(PATHLINE_KIND_VALUE)};
+#undef PATHLINE_KIND_VALUE
+inline constexpr std::size_t kKindCount = sizeof(kAllKindsList) / sizeof(Kind);
+inline constexpr std::array<Kind, kKindCount> kAllKinds = [] {
+  std::array<Kind, kKindCount> kinds{};
+  for (std::size_t i = 0; i < kKindCount; ++i) kinds[i] = kAllKindsList[i];
+  return kinds;
+}();
 
 // The kind's name as written in a config table and on the command line.
 inline const char* to_string(Kind kind) {
-  switch (kind) {
-    case Kind::dataset: return "dataset";
-    case Kind::path: return "path";
-    case Kind::coupling: return "coupling";
-    case Kind::time_sampler: return "time_sampler";
-    case Kind::parameterization: return "parameterization";
-    case Kind::model: return "model";
-    case Kind::solver: return "solver";
-    case Kind::metric: return "metric";
-  }
-  return "?";
+#define PATHLINE_KIND_NAME(name, Interface) #name,
+  static constexpr const char* names[] = {PATHLINE_KINDS(PATHLINE_KIND_NAME)};
+#undef PATHLINE_KIND_NAME
+  auto index = static_cast<std::size_t>(kind);
+  return index < kKindCount ? names[index] : "?";
 }
 
 inline std::optional<Kind> kind_from_string(const std::string& name) {
@@ -42,23 +60,90 @@ inline std::optional<Kind> kind_from_string(const std::string& name) {
   return std::nullopt;
 }
 
+#define PATHLINE_KIND_DECLARE(name, Interface) class Interface;
+PATHLINE_KINDS(PATHLINE_KIND_DECLARE)
+#undef PATHLINE_KIND_DECLARE
+
+// ------------------------------------------------------------------------------------------------
+// Data and conditions
+
+// The label that means "no condition": classifier-free guidance's unconditional branch, and what the
+// engine puts in place of a label it drops in training ([train] label_dropout). Every model that
+// takes labels must accept it; a model with an embedding table usually gives it the extra row
+// `num_classes` (see embedding_index).
+inline constexpr std::int64_t kNullLabel = -1;
+
+// What the engine knows about a data set, handed to every component when it is built.
+struct DataInfo {
+  std::vector<std::int64_t> shape;  // one sample, without the batch dimension: {2}, {1, 28, 28}
+  std::int64_t num_classes = 0;     // 0: unlabelled; otherwise labels are 0 .. num_classes - 1
+  std::vector<std::string> class_names;  // empty, or num_classes names
+  // The range of the values (images: -1 and 1); infinite where unbounded.
+  double min_value = -std::numeric_limits<double>::infinity();
+  double max_value = std::numeric_limits<double>::infinity();
+
+  bool labelled() const { return num_classes > 0; }
+  // Images are [channels, height, width].
+  bool is_image() const { return shape.size() == 3; }
+  std::int64_t channels() const { return is_image() ? shape[0] : 0; }
+  std::int64_t height() const { return is_image() ? shape[1] : 0; }
+  std::int64_t width() const { return is_image() ? shape[2] : 0; }
+  std::int64_t numel() const {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n;
+  }
+};
+
+// A batch of samples and their labels.
+struct Batch {
+  torch::Tensor x;       // [n, *shape], float32
+  torch::Tensor labels;  // [n], int64; undefined for unlabelled data
+};
+
+// What a model is conditioned on besides (x, t).
+struct Condition {
+  // [B] int64 class labels, kNullLabel for "unconditional"; undefined when the data is unlabelled.
+  torch::Tensor labels;
+};
+
+// Labels as rows of an embedding table with num_classes + 1 rows: kNullLabel (and an undefined
+// label tensor) becomes row num_classes.
+inline torch::Tensor embedding_index(const Condition& condition, std::int64_t batch, std::int64_t num_classes,
+                                     const torch::Device& device) {
+  if (!condition.labels.defined())
+    return torch::full({batch}, num_classes, torch::TensorOptions().dtype(torch::kInt64).device(device));
+  auto labels = condition.labels.to(device, torch::kInt64);
+  return torch::where(labels < 0, torch::full_like(labels, num_classes), labels);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Building
+
 class Dataset;
 class Path;
+class Parameterization;
 
-// What the engine knows when it builds a component. Components built later see the earlier ones
-// (the model sees the data set and the path), so that, say, an exact marginal-velocity model can be
-// built from them.
+// What the engine knows when it builds a component. Components are built in pipeline order (data
+// set, source, path, coupling, time sampler, parameterization, model, solver, time grid, metrics);
+// later ones see the earlier ones, so that, say, an exact marginal-velocity model can be built from
+// the data set and the path.
 struct BuildContext {
-  std::vector<std::int64_t> data_shape;  // shape of one sample, e.g. {2} or {1, 28, 28}
+  DataInfo data;  // the target data set's; empty only while the data set itself is being built
   torch::Device device = torch::kCPU;
   std::uint64_t seed = 0;
-  std::shared_ptr<Dataset> dataset;    // set once the data set is built
-  std::shared_ptr<const Path> path;    // set once the path is built
+  std::string slot;  // the config table being built: "dataset", "source", "model", "metric", ...
+  std::shared_ptr<Dataset> dataset;                          // once built
+  std::shared_ptr<const Path> path;                          // once built
+  std::shared_ptr<const Parameterization> parameterization;  // once built
 };
 
 // Builds a component from its validated parameters.
 template <class Interface>
 using Factory = std::function<std::shared_ptr<Interface>(const Params&, const BuildContext&)>;
+
+// The same, with the interface erased; the registry restores it by kind.
+using ErasedFactory = std::function<std::shared_ptr<void>(const Params&, const BuildContext&)>;
 
 // How a component presents itself: its name in `type = "..."`, a one-line doc, its parameters.
 struct ComponentDecl {

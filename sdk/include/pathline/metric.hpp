@@ -1,15 +1,36 @@
-// Kind `metric`: a number comparing generated samples with fresh samples of the data.
+// Kind `metric`: a number judging generated samples, against fresh samples of the data.
 #pragma once
 
-#include "pathline/component.hpp"
+#include "pathline/solver.hpp"
 
 namespace pathline {
+
+enum class Direction { lower_is_better, higher_is_better };
+
+inline const char* to_string(Direction d) {
+  return d == Direction::lower_is_better ? "lower is better" : "higher is better";
+}
+
+struct MetricInput {
+  torch::Tensor generated;         // [N, *shape] on the CPU
+  torch::Tensor generated_labels;  // [N] int64: the class each sample was asked for; undefined if none
+  torch::Tensor reference;         // [M, *shape] fresh data on the CPU
+  torch::Tensor reference_labels;  // [M] int64, or undefined
+  VectorField* field = nullptr;    // the trained model as a vector field (likelihood metrics)
+  at::Generator* generator = nullptr;  // for metrics that draw (projections, probes)
+};
+
+struct MetricResult {
+  double value = 0.0;
+  // Numbers worth reporting beside the value (a floor, a standard error), by name.
+  std::map<std::string, double> details;
+};
 
 class PATHLINE_API Metric {
  public:
   virtual ~Metric() = default;
-  // generated and reference: [N, *data_shape] on the CPU. Lower is better unless stated.
-  virtual double compute(const torch::Tensor& generated, const torch::Tensor& reference) = 0;
+  virtual Direction direction() const { return Direction::lower_is_better; }
+  virtual MetricResult compute(const MetricInput& input) = 0;
 };
 
 }  // namespace pathline

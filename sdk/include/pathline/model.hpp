@@ -1,5 +1,5 @@
-// Kind `model`: the network. It maps (x_t, t) to a tensor shaped like x_t, whose meaning the
-// parameterization gives.
+// Kind `model`: the network. It maps (x_t, t, condition) to a tensor shaped like x_t, whose meaning
+// the parameterization gives.
 #pragma once
 
 #include "pathline/component.hpp"
@@ -8,11 +8,15 @@ namespace pathline {
 
 class PATHLINE_API Model : public torch::nn::Module {
  public:
-  // x: [B, *data_shape], t: [B] in [0, 1]. Returns [B, *data_shape].
-  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t) = 0;
+  // x: [B, *shape], t: [B] in [0, 1], condition.labels: [B] (kNullLabel: unconditional) or
+  // undefined. Returns [B, *shape].
+  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const Condition& condition) = 0;
   // Models with nothing to learn (an exact field, say) return false; the engine then skips
   // training and checkpoints.
   virtual bool trainable() const { return true; }
+  // Multiply-accumulates of one forward pass for one sample, counted from the architecture (0:
+  // unknown). The engine reports parameters, MACs and achieved GFLOP/s from it.
+  virtual double macs_per_sample() const { return 0.0; }
 };
 
 }  // namespace pathline

@@ -1,7 +1,7 @@
 // Kind `parameterization`: what the network predicts (velocity, noise x0, data x1 or score) and
 // how that prediction converts to every other quantity. Because x_t = alpha x1 + sigma x0 is linear
 // in (x0, x1), any one prediction together with x_t determines the pair (x0_hat, x1_hat), and from
-// the pair every other quantity follows (DESIGN.md, "Parameterizations").
+// the pair every other quantity follows (docs/concepts.md, "Parameterizations").
 #pragma once
 
 #include "pathline/path.hpp"
@@ -124,6 +124,13 @@ class PATHLINE_API Parameterization {
   virtual torch::Tensor convert(const torch::Tensor& output, const torch::Tensor& x_t,
                                 const PathCoefficients& c, Quantity to) const {
     return convert_prediction(predicts(), to, output, x_t, c);
+  }
+  // The part of [0, 1] on which converting this prediction to velocity on `path` is well posed
+  // (noise and score predictions divide by alpha_t, which vanishes at t = 0 on most paths). The
+  // engine's default sampling interval stays inside it.
+  virtual std::pair<double, double> safe_interval(const Path& path) const {
+    (void)path;
+    return {0.0, 1.0};
   }
 };
 

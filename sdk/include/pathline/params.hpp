@@ -17,7 +17,7 @@
 
 namespace pathline {
 
-enum class ParamType { boolean, integer, real, string, choice, real_list };
+enum class ParamType { boolean, integer, real, string, choice, real_list, int_list, string_list };
 
 inline const char* to_string(ParamType type) {
   switch (type) {
@@ -27,12 +27,15 @@ inline const char* to_string(ParamType type) {
     case ParamType::string: return "string";
     case ParamType::choice: return "choice";
     case ParamType::real_list: return "list of numbers";
+    case ParamType::int_list: return "list of integers";
+    case ParamType::string_list: return "list of strings";
   }
   return "?";
 }
 
 // A choice is stored as its string; a list of numbers as doubles.
-using ParamValue = std::variant<bool, std::int64_t, double, std::string, std::vector<double>>;
+using ParamValue = std::variant<bool, std::int64_t, double, std::string, std::vector<double>,
+                                std::vector<std::int64_t>, std::vector<std::string>>;
 
 // One declared parameter. Build with the named constructors and refine with the chained setters:
 //   ParamSpec::integer("width", 256, "hidden units per layer").at_least(1)
@@ -44,8 +47,10 @@ struct PATHLINE_API ParamSpec {
   // Bounds for integer and float parameters, and for every element of a list.
   std::optional<double> lower, upper;
   bool lower_open = false, upper_open = false;
-  std::vector<std::string> choices;     // for ParamType::choice
-  std::optional<std::size_t> list_size;  // for ParamType::real_list: exact length
+  // For ParamType::choice; for ParamType::string_list, when not empty, what every element must be.
+  std::vector<std::string> choices;
+  std::optional<std::size_t> list_size;      // for lists: exact length
+  std::optional<std::size_t> list_min_size;  // for lists: at least this many elements
   std::optional<std::int64_t> multiple;  // for ParamType::integer: must be a multiple of this
 
   static ParamSpec boolean(std::string name, bool value, std::string doc) {
@@ -69,6 +74,14 @@ struct PATHLINE_API ParamSpec {
   static ParamSpec real_list(std::string name, std::vector<double> value, std::string doc) {
     return make(std::move(name), ParamType::real_list, std::move(value), std::move(doc));
   }
+  // A list of integers; bounds (at_least, ...) apply to every element.
+  static ParamSpec int_list(std::string name, std::vector<std::int64_t> value, std::string doc) {
+    return make(std::move(name), ParamType::int_list, std::move(value), std::move(doc));
+  }
+  // A list of strings; one_of() restricts every element to a set.
+  static ParamSpec string_list(std::string name, std::vector<std::string> value, std::string doc) {
+    return make(std::move(name), ParamType::string_list, std::move(value), std::move(doc));
+  }
 
   // The key has no default and must be given.
   ParamSpec required() const {
@@ -90,6 +103,20 @@ struct PATHLINE_API ParamSpec {
     ParamSpec copy = *this;
     copy.list_size = n;
     return copy;
+  }
+  ParamSpec min_size(std::size_t n) const {
+    ParamSpec copy = *this;
+    copy.list_min_size = n;
+    return copy;
+  }
+  // For a string list: every element must be one of these.
+  ParamSpec one_of(std::vector<std::string> options) const {
+    ParamSpec copy = *this;
+    copy.choices = std::move(options);
+    return copy;
+  }
+  bool is_list() const {
+    return type == ParamType::real_list || type == ParamType::int_list || type == ParamType::string_list;
   }
 
   bool is_required() const { return !default_value.has_value(); }
@@ -138,40 +165,43 @@ struct PATHLINE_API ParamSpec {
   }
 };
 
+namespace detail {
+// format_value's visitor; at namespace scope because a local class cannot have member templates.
+struct FormatValueVisitor {
+  std::string operator()(bool v) const { return v ? "true" : "false"; }
+  std::string operator()(std::int64_t v) const { return std::to_string(v); }
+  std::string operator()(double v) const {
+    if (std::isnan(v)) return "nan";
+    if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+    // The shortest text that reads back as the same double.
+    char buffer[32];
+    for (int precision = 6; precision <= 17; ++precision) {
+      std::snprintf(buffer, sizeof buffer, "%.*g", precision, v);
+      if (std::strtod(buffer, nullptr) == v) break;
+    }
+    std::string text = buffer;
+    if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
+    return text;
+  }
+  std::string operator()(const std::string& v) const {
+    std::string out = "\"";
+    for (char c : v) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    return out + "\"";
+  }
+  template <class T>
+  std::string operator()(const std::vector<T>& v) const {
+    std::string out = "[";
+    for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + (*this)(v[i]);
+    return out + "]";
+  }
+};
+}  // namespace detail
+
 // Renders a value the way it would be written in TOML.
-inline std::string format_value(const ParamValue& value) {
-  struct Visitor {
-    std::string operator()(bool v) const { return v ? "true" : "false"; }
-    std::string operator()(std::int64_t v) const { return std::to_string(v); }
-    std::string operator()(double v) const {
-      if (std::isnan(v)) return "nan";
-      if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
-      // The shortest text that reads back as the same double.
-      char buffer[32];
-      for (int precision = 6; precision <= 17; ++precision) {
-        std::snprintf(buffer, sizeof buffer, "%.*g", precision, v);
-        if (std::strtod(buffer, nullptr) == v) break;
-      }
-      std::string text = buffer;
-      if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
-      return text;
-    }
-    std::string operator()(const std::string& v) const {
-      std::string out = "\"";
-      for (char c : v) {
-        if (c == '"' || c == '\\') out += '\\';
-        out += c;
-      }
-      return out + "\"";
-    }
-    std::string operator()(const std::vector<double>& v) const {
-      std::string out = "[";
-      for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + (*this)(v[i]);
-      return out + "]";
-    }
-  };
-  return std::visit(Visitor{}, value);
-}
+inline std::string format_value(const ParamValue& value) { return std::visit(detail::FormatValueVisitor{}, value); }
 
 // The resolved parameters of one component: every declared key present, defaults filled in, all
 // validated. Components read them once, in their constructor.
@@ -190,6 +220,12 @@ class PATHLINE_API Params {
   const std::string& string(const std::string& key) const { return get<std::string>(key); }
   const std::vector<double>& real_list(const std::string& key) const {
     return get<std::vector<double>>(key);
+  }
+  const std::vector<std::int64_t>& int_list(const std::string& key) const {
+    return get<std::vector<std::int64_t>>(key);
+  }
+  const std::vector<std::string>& string_list(const std::string& key) const {
+    return get<std::vector<std::string>>(key);
   }
 
   bool contains(const std::string& key) const { return values_.count(key) != 0; }

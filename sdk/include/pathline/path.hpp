@@ -1,5 +1,5 @@
 // Kind `path`: an affine Gaussian probability path x_t = alpha_t x1 + sigma_t x0, with t = 0 noise
-// and t = 1 data (DESIGN.md, "The math"). A path only gives the four coefficients; the engine builds
+// and t = 1 data (docs/concepts.md, "Paths"). A path only gives the four coefficients; the engine builds
 // x_t and the training targets from them.
 #pragma once
 

@@ -9,45 +9,38 @@
 #include "pathline/parameterization.hpp"
 #include "pathline/path.hpp"
 #include "pathline/solver.hpp"
+#include "pathline/time_grid.hpp"
 #include "pathline/time_sampler.hpp"
 
 namespace pathline {
 
-template <class Interface> struct KindOf;
-template <> struct KindOf<Dataset> { static constexpr Kind value = Kind::dataset; };
-template <> struct KindOf<Path> { static constexpr Kind value = Kind::path; };
-template <> struct KindOf<Coupling> { static constexpr Kind value = Kind::coupling; };
-template <> struct KindOf<TimeSampler> { static constexpr Kind value = Kind::time_sampler; };
-template <> struct KindOf<Parameterization> { static constexpr Kind value = Kind::parameterization; };
-template <> struct KindOf<Model> { static constexpr Kind value = Kind::model; };
-template <> struct KindOf<Solver> { static constexpr Kind value = Kind::solver; };
-template <> struct KindOf<Metric> { static constexpr Kind value = Kind::metric; };
+// The kind of an interface, from the table in component.hpp.
+template <class Interface>
+struct KindOf;
+#define PATHLINE_KIND_OF(name, Interface) \
+  template <>                             \
+  struct KindOf<Interface> {              \
+    static constexpr Kind value = Kind::name; \
+  };
+PATHLINE_KINDS(PATHLINE_KIND_OF)
+#undef PATHLINE_KIND_OF
 
 // Handed to a plugin's registration function. Registration is staged: if the function throws,
 // nothing it added is kept.
 class PATHLINE_API Registrar {
  public:
   virtual ~Registrar() = default;
-  virtual void add_dataset(ComponentDecl decl, Factory<Dataset> factory) = 0;
-  virtual void add_path(ComponentDecl decl, Factory<Path> factory) = 0;
-  virtual void add_coupling(ComponentDecl decl, Factory<Coupling> factory) = 0;
-  virtual void add_time_sampler(ComponentDecl decl, Factory<TimeSampler> factory) = 0;
-  virtual void add_parameterization(ComponentDecl decl, Factory<Parameterization> factory) = 0;
-  virtual void add_model(ComponentDecl decl, Factory<Model> factory) = 0;
-  virtual void add_solver(ComponentDecl decl, Factory<Solver> factory) = 0;
-  virtual void add_metric(ComponentDecl decl, Factory<Metric> factory) = 0;
+  // The one entry point: the factory must return a std::shared_ptr<Interface> of `kind`'s
+  // interface, type-erased. Use add<Interface>() or add_type<>(), which guarantee that.
+  virtual void add_component(Kind kind, ComponentDecl decl, ErasedFactory factory) = 0;
 
   // registrar.add<Path>({"linear", "x_t = t x1 + (1 - t) x0", {}}, factory)
   template <class Interface>
   void add(ComponentDecl decl, Factory<Interface> factory) {
-    if constexpr (KindOf<Interface>::value == Kind::dataset) add_dataset(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::path) add_path(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::coupling) add_coupling(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::time_sampler) add_time_sampler(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::parameterization) add_parameterization(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::model) add_model(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::solver) add_solver(std::move(decl), std::move(factory));
-    if constexpr (KindOf<Interface>::value == Kind::metric) add_metric(std::move(decl), std::move(factory));
+    add_component(KindOf<Interface>::value, std::move(decl),
+                  [factory = std::move(factory)](const Params& p, const BuildContext& ctx) -> std::shared_ptr<void> {
+                    return std::shared_ptr<Interface>(factory(p, ctx));
+                  });
   }
 
   // registrar.add_type<Interface, Concrete>(decl): Concrete(const Params&, const BuildContext&).

@@ -22,35 +22,59 @@ class PATHLINE_API ConfigError : public InputError {
   std::vector<std::string> problems_;
 };
 
+// A slot is a table of the pipeline that a component fills. This is the one table of slots; the
+// validator, the resolved output, the builder and `pathline inspect` all read it.
+struct SlotSpec {
+  std::string table;         // "dataset", "source", "path", ..., "metric"
+  Kind kind;                 // which registry it draws from
+  std::string default_type;  // used when the table is absent; "" if the slot is required or optional
+  bool required = false;
+  bool many = false;  // a table [metric] or a list [[metric]] of zero or more entries
+  std::string doc;
+};
+PATHLINE_API const std::vector<SlotSpec>& pipeline_slots();
+PATHLINE_API const SlotSpec* find_slot(const std::string& table);
+
+// Keys every entry of a `many` slot has besides its component's parameters (metrics: `name`, the
+// result's name; `samples`, how many generated samples it judges).
+PATHLINE_API const std::vector<ParamSpec>& entry_specs(const std::string& table);
+
 // One filled slot: the component's type and its resolved parameters.
 struct ComponentConfig {
   Kind kind = Kind::dataset;
+  std::string slot;  // the table it came from
   std::string type;
   Params params;
   std::vector<std::string> order;  // parameter names in declaration order, for writing back
+  Params entry;                    // entry_specs(slot) values, for entries of a `many` slot
+  std::string name;                // entries of a `many` slot: the unique name results are filed under
 };
 
 // Engine tables and their specs.
 inline const std::vector<std::string> kEngineTables = {"run", "train", "sample", "eval"};
 PATHLINE_API const std::vector<ParamSpec>& engine_table_specs(const std::string& table);
 
-// The type used when a slot's table is absent ("" if the slot is required).
-PATHLINE_API std::string default_component(Kind kind);
-
 struct PipelineConfig {
-  std::filesystem::path source;              // the file it came from
-  std::map<Kind, ComponentConfig> components;  // every slot but metric
-  std::vector<ComponentConfig> metrics;      // zero or more
-  std::map<std::string, Params> engine;      // "run", "train", "sample", "eval"
+  std::filesystem::path source;                      // the file it came from
+  std::map<std::string, ComponentConfig> components;  // every single slot, by table name
+  std::map<std::string, std::vector<ComponentConfig>> lists;  // every `many` slot, by table name
+  std::map<std::string, Params> engine;              // "run", "train", "sample", "eval"
+  // What validation did that the user may not expect (keys dropped by a --set X.type=...), one line
+  // each; `pathline validate` prints them.
+  std::vector<std::string> notes;
 
-  const ComponentConfig& component(Kind kind) const { return components.at(kind); }
+  const ComponentConfig& component(const std::string& slot) const { return components.at(slot); }
+  const std::vector<ComponentConfig>& metrics() const;
   const Params& table(const std::string& name) const { return engine.at(name); }
   // The resolved config as TOML, every default written out: a run is reproducible from it alone.
   std::string to_toml() const;
 };
 
 struct ConfigOptions {
-  std::vector<std::string> overrides;  // "table.key=value", applied in order
+  // "table.key=value", applied in order; "metric[1].key=value" reaches an entry of a list slot.
+  // Setting `X.type` to another type drops the file's keys of [X] that the new type does not declare
+  // (each drop is a note), so that any resolved config can be re-run with another type.
+  std::vector<std::string> overrides;
   // Checks that need the machine (CUDA present) can be skipped, e.g. when only inspecting.
   bool check_device = true;
 };

@@ -1,8 +1,9 @@
-// Files a run leaves: .npy arrays, PNG pictures, and the plots drawn into them.
+// Files: atomic writes, .npy arrays, images (through stb), image grids.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -11,30 +12,34 @@
 
 namespace pathline {
 
+// The one atomic write: a temporary file beside `file`, fsync'd, then renamed over it, so a reader
+// (or a process killed mid-write) sees the old content or the new, never a mix. Throws InputError
+// naming the file when it cannot write; the old content is then untouched.
+PATHLINE_API void write_file_atomic(const std::filesystem::path& file, const std::string& bytes);
+// Reads a whole file; throws InputError naming it when missing or unreadable.
+PATHLINE_API std::string read_file(const std::filesystem::path& file);
+
 // NumPy's .npy format (version 1.0, little-endian, C order). Writes float32, float64 and int64
 // tensors; reads what it writes. read_npy throws InputError naming the file on anything else.
 PATHLINE_API void write_npy(const std::filesystem::path& file, const torch::Tensor& tensor);
 PATHLINE_API torch::Tensor read_npy(const std::filesystem::path& file);
 
-// An 8-bit RGB picture, row-major, 3 bytes per pixel.
+// An 8-bit picture, row-major, `channels` interleaved bytes per pixel (1 grey, 3 RGB, 4 RGBA).
 struct Image {
   int width = 0;
   int height = 0;
-  std::vector<std::uint8_t> rgb;
+  int channels = 3;
+  std::vector<std::uint8_t> pixels;
 };
 
-// PNG (8-bit RGB, zlib-compressed). read_png decodes exactly what write_png writes (non-interlaced
-// 8-bit RGB, any filter) and throws InputError naming the file otherwise.
+// PNG or JPEG (by content, not by name) decoded with stb_image; `channels` 0 keeps the file's own
+// (grey, grey+alpha, RGB or RGBA), 1 or 3 converts. Throws InputError naming the file otherwise.
+PATHLINE_API Image read_image(const std::filesystem::path& file, int channels = 0);
+// PNG through stb_image_write, written atomically.
 PATHLINE_API void write_png(const std::filesystem::path& file, const Image& image);
-PATHLINE_API Image read_png(const std::filesystem::path& file);
 
-// Scatter plot of 2D points: reference data in grey, generated samples in blue, on a square canvas
-// with a frame and grid lines at integer coordinates. Points beyond the first two dimensions are
-// ignored; the view fits both sets.
-PATHLINE_API Image plot_samples(const torch::Tensor& data, const torch::Tensor& generated, int size = 800);
-
-// Pathlines: states is [steps + 1, K, 2] (the K particles at each time); drawn as polylines from
-// noise (start marked) to their end points (marked), over the data in light grey.
-PATHLINE_API Image plot_trajectories(const torch::Tensor& states, const torch::Tensor& data, int size = 800);
+// A grid of images: `images` is [N, C, H, W] (C 1 or 3) with values in [lo, hi], laid out `cols`
+// per row with `pad` pixels of background between them.
+PATHLINE_API Image image_grid(const torch::Tensor& images, std::int64_t cols, double lo, double hi, int pad = 2);
 
 }  // namespace pathline

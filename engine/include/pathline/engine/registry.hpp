@@ -22,15 +22,11 @@ struct PluginInfo {
   std::string origin;
 };
 
-using AnyFactory = std::variant<Factory<Dataset>, Factory<Path>, Factory<Coupling>,
-                                Factory<TimeSampler>, Factory<Parameterization>, Factory<Model>,
-                                Factory<Solver>, Factory<Metric>>;
-
 struct ComponentEntry {
   Kind kind;
   ComponentDecl decl;
   std::shared_ptr<const PluginInfo> plugin;
-  AnyFactory factory;
+  ErasedFactory factory;  // returns a std::shared_ptr<Interface of kind>, type-erased
 
   const ParamSpec* find_param(const std::string& key) const {
     for (const auto& spec : decl.params)
@@ -57,7 +53,8 @@ class PATHLINE_API Registry {
     if (!entry)
       throw InputError(std::string("no ") + to_string(KindOf<Interface>::value) + " named '" +
                        name + "' is registered");
-    auto object = std::get<Factory<Interface>>(entry->factory)(params, ctx);
+    // The registrar's add<Interface> wrapped a shared_ptr<Interface>; the entry's kind says which.
+    auto object = std::static_pointer_cast<Interface>(entry->factory(params, ctx));
     if (!object)
       throw Error(std::string(to_string(KindOf<Interface>::value)) + " '" + name +
                   "': its factory returned nothing");
@@ -72,14 +69,9 @@ class PATHLINE_API Registry {
 class PATHLINE_API StagingRegistrar : public Registrar {
  public:
   explicit StagingRegistrar(std::shared_ptr<const PluginInfo> plugin) : plugin_(std::move(plugin)) {}
-  void add_dataset(ComponentDecl d, Factory<Dataset> f) override { stage(Kind::dataset, std::move(d), std::move(f)); }
-  void add_path(ComponentDecl d, Factory<Path> f) override { stage(Kind::path, std::move(d), std::move(f)); }
-  void add_coupling(ComponentDecl d, Factory<Coupling> f) override { stage(Kind::coupling, std::move(d), std::move(f)); }
-  void add_time_sampler(ComponentDecl d, Factory<TimeSampler> f) override { stage(Kind::time_sampler, std::move(d), std::move(f)); }
-  void add_parameterization(ComponentDecl d, Factory<Parameterization> f) override { stage(Kind::parameterization, std::move(d), std::move(f)); }
-  void add_model(ComponentDecl d, Factory<Model> f) override { stage(Kind::model, std::move(d), std::move(f)); }
-  void add_solver(ComponentDecl d, Factory<Solver> f) override { stage(Kind::solver, std::move(d), std::move(f)); }
-  void add_metric(ComponentDecl d, Factory<Metric> f) override { stage(Kind::metric, std::move(d), std::move(f)); }
+  void add_component(Kind kind, ComponentDecl decl, ErasedFactory factory) override {
+    stage(kind, std::move(decl), std::move(factory));
+  }
 
   // Checks every staged entry against the registry and against each other, then adds them all, or
   // none (throwing PluginError).
@@ -87,7 +79,7 @@ class PATHLINE_API StagingRegistrar : public Registrar {
   std::size_t staged() const { return staged_.size(); }
 
  private:
-  void stage(Kind kind, ComponentDecl decl, AnyFactory factory);
+  void stage(Kind kind, ComponentDecl decl, ErasedFactory factory);
   std::shared_ptr<const PluginInfo> plugin_;
   std::vector<ComponentEntry> staged_;
 };

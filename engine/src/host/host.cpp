@@ -46,7 +46,7 @@ std::vector<std::string> Registry::names(Kind kind) const {
   return out;
 }
 
-void StagingRegistrar::stage(Kind kind, ComponentDecl decl, AnyFactory factory) {
+void StagingRegistrar::stage(Kind kind, ComponentDecl decl, ErasedFactory factory) {
   if (decl.name.empty()) throw PluginError(std::string("a ") + to_string(kind) + " was registered without a name");
   staged_.push_back(ComponentEntry{kind, std::move(decl), plugin_, std::move(factory)});
 }

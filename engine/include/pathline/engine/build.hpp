@@ -1,0 +1,46 @@
+// Components from a validated config, in pipeline order.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pathline/engine/config.hpp"
+
+namespace pathline {
+
+struct BuiltMetric {
+  std::string name;          // unique within the pipeline (ComponentConfig::name)
+  std::string type;
+  std::int64_t samples = 0;  // generated samples it judges; 0: all
+  std::shared_ptr<Metric> metric;
+};
+
+// Every component of a pipeline, built from its config.
+struct Components {
+  std::shared_ptr<Dataset> dataset;
+  std::shared_ptr<Dataset> source;
+  std::shared_ptr<Path> path;
+  std::shared_ptr<Coupling> coupling;
+  std::shared_ptr<TimeSampler> time_sampler;
+  std::shared_ptr<Parameterization> parameterization;
+  std::shared_ptr<Model> model;
+  std::shared_ptr<Solver> solver;
+  std::shared_ptr<TimeGrid> time_grid;
+  std::vector<BuiltMetric> metrics;
+  BuildContext context;  // context.data: what the engine knows about the target data
+
+  const DataInfo& data() const { return context.data; }
+};
+
+// Builds every slot in pipeline order; checks what only the built components can tell (the source
+// draws samples shaped like the data; labels asked for exist). Throws InputError naming the slot.
+PATHLINE_API Components build_components(const PipelineConfig& config, const Registry& registry);
+
+// Sets LibTorch's intra-op threads from [run] threads (0: every core).
+PATHLINE_API void apply_thread_setting(const PipelineConfig& config);
+
+// "[1, 28, 28]"
+PATHLINE_API std::string shape_text(const std::vector<std::int64_t>& shape);
+
+}  // namespace pathline

@@ -1,0 +1,39 @@
+// Run directories and the jobs of the command line: run, train, sample.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+
+#include "pathline/engine/evaluate.hpp"
+#include "pathline/engine/train.hpp"
+
+namespace pathline {
+
+// A new run gets <run.dir>/<run.name>, or <name>-2, -3, ... when that exists, unless `overwrite` is
+// set (then the existing directory is emptied first) or `explicit_dir` is given (it must not exist
+// or be empty unless `overwrite`).
+PATHLINE_API std::filesystem::path create_run_dir(const PipelineConfig& config,
+                                                  const std::optional<std::filesystem::path>& explicit_dir,
+                                                  bool overwrite);
+
+// Weights: save a model and load them back into a freshly built one (InputError naming the file).
+PATHLINE_API void save_weights(Model& model, const std::filesystem::path& file);
+PATHLINE_API void load_weights(Model& model, const std::filesystem::path& file);
+
+// `pathline run` (train, sample, evaluate) and `pathline train` (train only).
+struct JobOptions {
+  std::optional<std::filesystem::path> run_dir;
+  bool overwrite = false;
+  bool do_sample = true;
+};
+PATHLINE_API std::filesystem::path run_job(const PipelineConfig& config, const Registry& registry,
+                                           const JobOptions& options, const Logger& log);
+
+// `pathline sample RUN_DIR`: rebuilds the run's pipeline from its config.toml (with overrides),
+// loads its weights, samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
+PATHLINE_API std::filesystem::path sample_job(const std::filesystem::path& run_dir, const Registry& registry,
+                                              const std::vector<std::string>& overrides,
+                                              const std::optional<std::filesystem::path>& out_dir,
+                                              const Logger& log);
+
+}  // namespace pathline

@@ -1,0 +1,56 @@
+// Sampling: the model as a vector field (parameterization, condition and guidance folded in), the
+// engine's time grid, and the sampling loop.
+#pragma once
+
+#include "pathline/engine/build.hpp"
+
+namespace pathline {
+
+// The model as a vector field for solvers. Converts what the parameterization predicts into any
+// quantity and applies classifier-free guidance
+//   out = out_u + w (out_c - out_u)
+// on the model's own output (the conversions are affine in it, so this is guidance on velocity,
+// score or data alike), with the conditional and unconditional halves in one batched forward. With
+// w = 1, or without labels, it is one plain conditional forward.
+class PATHLINE_API ModelField final : public VectorField {
+ public:
+  ModelField(Model& model, const Path& path, const Parameterization& parameterization, std::int64_t sample_rank,
+             double guidance_scale = 1.0);
+
+  // The labels of the batch being integrated ([B] int64; undefined: unlabelled).
+  void set_labels(torch::Tensor labels) { labels_ = std::move(labels); }
+
+  torch::Tensor predict(Quantity q, const torch::Tensor& x, double t) override;
+  PathCoefficients coefficients(double t) const override;
+  // Model evaluations so far (one guided evaluation counts once).
+  std::int64_t evaluations() const { return evaluations_; }
+
+ private:
+  Model& model_;
+  const Path& path_;
+  const Parameterization& parameterization_;
+  std::int64_t rank_;
+  double guidance_;
+  torch::Tensor labels_;
+  std::int64_t evaluations_ = 0;
+};
+
+// The times a solver steps through: the time grid cut into the solver's grid_steps() (just the two
+// ends for an adaptive solver).
+PATHLINE_API std::vector<double> solver_times(const Components& components, double t0, double t1);
+
+// The label each of n samples is asked for: [sample] labels in turn, or every class in turn when
+// that is empty; undefined for unlabelled data.
+PATHLINE_API torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data, std::int64_t n);
+
+struct SampleResult {
+  torch::Tensor samples;       // [n, *shape]
+  torch::Tensor labels;        // [n] int64 asked-for labels, or undefined
+  torch::Tensor trajectories;  // [steps + 1, K, *shape], or undefined
+  std::int64_t nfe = 0;        // model evaluations per sample batch
+  double seconds = 0.0;
+};
+
+PATHLINE_API SampleResult sample(const PipelineConfig& config, Components& components);
+
+}  // namespace pathline

@@ -1,0 +1,82 @@
+// Training: the step as a unit (what checkpoints save, what data parallelism hooks into), the
+// learning-rate schedule, loss weightings, and the loop.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "pathline/engine/build.hpp"
+
+namespace pathline {
+
+// Progress and result lines go here (the CLI prints them to stderr).
+using Logger = std::function<void(const std::string&)>;
+
+// The learning rate at each step: linear warm-up, then constant or cosine decay to 0 at the end.
+struct LearningRateSchedule {
+  double base = 1e-3;
+  std::int64_t warmup = 0, steps = 0;
+  bool cosine = false;
+  explicit LearningRateSchedule(const Params& train);
+  double at(std::int64_t step) const;
+};
+
+// A loss weighting w(t): per-sample weights [B, 1, ...] broadcast like the coefficients, or an
+// undefined tensor for "no weighting". Named, so that [train] loss_weighting picks one.
+using LossWeighting = std::function<torch::Tensor(const PathCoefficients& c, const torch::Tensor& t)>;
+PATHLINE_API const std::map<std::string, LossWeighting>& loss_weightings();
+
+// The training step. It owns everything a resumed run needs to continue exactly: the step count,
+// the optimizer, the EMA weights (kept apart from the raw ones), the training generator and the
+// data sets' own state.
+class PATHLINE_API Trainer {
+ public:
+  Trainer(const PipelineConfig& config, Components& components, std::uint64_t rank = 0);
+
+  // One optimizer step on a fresh batch; returns the (detached) loss.
+  torch::Tensor step();
+  std::int64_t steps_done() const { return step_; }
+
+  // Called between backward and the optimizer step with the parameters (whose .grad() are set):
+  // where a data-parallel run all-reduces the gradients.
+  std::function<void(const std::vector<torch::Tensor>& parameters)> gradient_hook;
+
+  // The weights sampling uses: the EMA copy when [train] ema_decay > 0, else the raw ones.
+  void copy_sampling_weights_to_model();
+  bool has_ema() const { return !ema_.empty(); }
+
+  // The full training state, for checkpoints.
+  void save_state(torch::serialize::OutputArchive& archive) const;
+  void load_state(torch::serialize::InputArchive& archive);
+
+ private:
+  Components& c_;
+  Model& model_;
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::vector<torch::Tensor> ema_;
+  at::Generator gen_;
+  LearningRateSchedule schedule_;
+  LossWeighting weighting_;
+  std::int64_t batch_, rank_;
+  double grad_clip_, ema_decay_, label_dropout_;
+  std::int64_t step_ = 0;
+};
+
+struct TrainResult {
+  std::int64_t steps = 0;
+  double final_loss = 0.0;  // mean loss over the last logging window
+  double seconds = 0.0;
+  std::vector<double> losses;        // one per logged window, as in metrics.csv
+  std::vector<std::int64_t> logged;  // the step of each entry of losses
+};
+
+// Trains components.model in place (leaving the sampling weights in it), writing metrics.csv into
+// run_dir if it is not empty.
+PATHLINE_API TrainResult train(const PipelineConfig& config, Components& components,
+                               const std::filesystem::path& run_dir, const Logger& log);
+
+}  // namespace pathline

@@ -1,0 +1,97 @@
+#include "pathline/engine/build.hpp"
+
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "pathline/engine/random.hpp"
+
+namespace pathline {
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+void apply_thread_setting(const PipelineConfig& config) {
+  std::int64_t threads = config.table("run").integer("threads");
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(threads));
+}
+
+namespace {
+
+// Builds one slot, naming the slot and the type in any error the component throws.
+template <class Interface>
+std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry& registry, BuildContext& ctx) {
+  ctx.slot = cc.slot;
+  try {
+    return registry.create<Interface>(cc.type, cc.params, ctx);
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("[{}] (type '{}'): {}", cc.slot, cc.type, e.what()));
+  }
+}
+
+void check_labels(const PipelineConfig& config, const DataInfo& data, const std::string& dataset_type) {
+  const Params& sp = config.table("sample");
+  const double guidance = sp.real("guidance_scale");
+  const auto& labels = sp.int_list("labels");
+  if (!data.labelled()) {
+    if (guidance != 1.0)
+      throw InputError(fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
+                                   "set guidance_scale = 1 or use a labelled data set",
+                                   guidance, dataset_type));
+    if (!labels.empty())
+      throw InputError(fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
+    return;
+  }
+  for (std::int64_t label : labels)
+    if (label != kNullLabel && (label < 0 || label >= data.num_classes))
+      throw InputError(fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
+                                   "unconditional samples)",
+                                   label, dataset_type, data.num_classes - 1));
+}
+
+}  // namespace
+
+Components build_components(const PipelineConfig& config, const Registry& registry) {
+  Components c;
+  BuildContext& ctx = c.context;
+  ctx.device = config.table("run").string("device") == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  ctx.seed = static_cast<std::uint64_t>(config.table("run").integer("seed"));
+  // Parameter initialisation draws from LibTorch's global generator.
+  torch::manual_seed(derive_seed(ctx.seed, Stream::init));
+
+  const ComponentConfig& dataset = config.component("dataset");
+  c.dataset = build_slot<Dataset>(dataset, registry, ctx);
+  ctx.data = c.dataset->info();
+  ctx.dataset = c.dataset;
+  if (ctx.data.shape.empty())
+    throw InputError(fmt::format("[dataset] (type '{}'): it reports an empty sample shape", dataset.type));
+  check_labels(config, ctx.data, dataset.type);
+
+  const ComponentConfig& source = config.component("source");
+  c.source = build_slot<Dataset>(source, registry, ctx);
+  if (auto shape = c.source->info().shape; shape != ctx.data.shape)
+    throw InputError(fmt::format("[source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
+                                 "a flow maps between spaces of the same shape",
+                                 source.type, shape_text(shape), dataset.type, shape_text(ctx.data.shape)));
+
+  c.path = build_slot<Path>(config.component("path"), registry, ctx);
+  ctx.path = c.path;
+  c.coupling = build_slot<Coupling>(config.component("coupling"), registry, ctx);
+  c.time_sampler = build_slot<TimeSampler>(config.component("time_sampler"), registry, ctx);
+  c.parameterization = build_slot<Parameterization>(config.component("parameterization"), registry, ctx);
+  ctx.parameterization = c.parameterization;
+  c.model = build_slot<Model>(config.component("model"), registry, ctx);
+  c.model->to(ctx.device);
+  c.solver = build_slot<Solver>(config.component("solver"), registry, ctx);
+  c.time_grid = build_slot<TimeGrid>(config.component("time_grid"), registry, ctx);
+  for (const auto& m : config.metrics())
+    c.metrics.push_back({m.name, m.type, m.entry.integer("samples"), build_slot<Metric>(m, registry, ctx)});
+  ctx.slot.clear();
+  return c;
+}
+
+}  // namespace pathline

@@ -1,0 +1,47 @@
+#include "pathline/engine/evaluate.hpp"
+
+#include "pathline/engine/random.hpp"
+
+namespace pathline {
+
+std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, const torch::Tensor& samples,
+                                   const torch::Tensor& labels) {
+  std::vector<MetricRecord> records;
+  if (c.metrics.empty()) return records;
+  const std::int64_t n = samples.size(0);
+  std::int64_t reference_n = config.table("eval").integer("reference_n");
+  if (reference_n == 0) reference_n = n;
+  // One reference draw for every metric, from its own stream: changing the metrics never changes
+  // what each one is compared with.
+  at::Generator gen = make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::eval);
+  Batch reference = c.dataset->sample(reference_n, gen);
+
+  c10::InferenceMode inference;
+  const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
+  ModelField field(*c.model, *c.path, *c.parameterization, rank, config.table("sample").real("guidance_scale"));
+  for (auto& m : c.metrics) {
+    const std::int64_t used = m.samples > 0 ? std::min(m.samples, n) : n;
+    MetricInput input;
+    input.generated = samples.narrow(0, 0, used);
+    if (labels.defined()) input.generated_labels = labels.narrow(0, 0, used);
+    input.reference = reference.x;
+    input.reference_labels = reference.labels;
+    input.field = &field;
+    input.generator = &gen;
+    MetricRecord record;
+    record.name = m.name;
+    record.type = m.type;
+    record.direction = m.metric->direction();
+    record.generated_n = used;
+    record.reference_n = reference_n;
+    try {
+      record.result = m.metric->compute(input);
+    } catch (const InputError& e) {
+      throw InputError("metric '" + m.name + "': " + e.what());
+    }
+    records.push_back(std::move(record));
+  }
+  return records;
+}
+
+}  // namespace pathline

@@ -1,0 +1,103 @@
+#include "pathline/engine/sample.hpp"
+
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "pathline/engine/random.hpp"
+
+namespace pathline {
+
+ModelField::ModelField(Model& model, const Path& path, const Parameterization& parameterization,
+                       std::int64_t sample_rank, double guidance_scale)
+    : model_(model), path_(path), parameterization_(parameterization), rank_(sample_rank), guidance_(guidance_scale) {}
+
+torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) {
+  ++evaluations_;
+  const std::int64_t n = x.size(0);
+  if (labels_.defined() && labels_.size(0) != n)
+    throw Error(fmt::format("vector field: {} labels for a batch of {}", labels_.size(0), n));
+  torch::Tensor out;
+  if (!labels_.defined() || guidance_ == 1.0) {
+    out = model_.forward(x, torch::full({n}, t, x.options()), Condition{labels_});
+  } else {
+    // One forward over [x; x] with [labels; null]: the conditional and unconditional halves.
+    torch::Tensor both = model_.forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
+                                        Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
+    torch::Tensor conditional = both.narrow(0, 0, n), unconditional = both.narrow(0, n, n);
+    out = torch::lerp(unconditional, conditional, guidance_);
+  }
+  if (parameterization_.predicts() == q) return out;
+  auto c = path_.coefficients(torch::full({n}, t, x.options())).broadcast_to_rank(rank_);
+  return parameterization_.convert(out, x, c, q);
+}
+
+PathCoefficients ModelField::coefficients(double t) const {
+  return path_.coefficients(torch::full({1}, t, torch::kFloat64));
+}
+
+std::vector<double> solver_times(const Components& c, double t0, double t1) {
+  const std::int64_t steps = c.solver->grid_steps();
+  if (steps <= 0) return {t0, t1};
+  std::vector<double> times = c.time_grid->times(steps, t0, t1, *c.path);
+  if (times.size() != static_cast<std::size_t>(steps) + 1 || times.front() != t0 || times.back() != t1)
+    throw Error(fmt::format("time grid: asked for {} steps from {} to {}, got {} times{}", steps, t0, t1, times.size(),
+                            times.empty() ? "" : fmt::format(" from {} to {}", times.front(), times.back())));
+  return times;
+}
+
+torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data, std::int64_t n) {
+  if (!data.labelled()) return {};
+  std::vector<std::int64_t> cycle = config.table("sample").int_list("labels");
+  if (cycle.empty())
+    for (std::int64_t k = 0; k < data.num_classes; ++k) cycle.push_back(k);
+  torch::Tensor values = torch::tensor(cycle, torch::kInt64);
+  return values.index({torch::arange(n, torch::kInt64) % static_cast<std::int64_t>(cycle.size())});
+}
+
+SampleResult sample(const PipelineConfig& config, Components& c) {
+  const Params& sp = config.table("sample");
+  const std::int64_t n = sp.integer("n");
+  const std::int64_t batch = std::min(n, sp.integer("batch_size"));
+  const std::int64_t traj_count = std::min(batch, sp.integer("trajectories"));
+  at::Generator gen = make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::sample);
+
+  c10::InferenceMode inference;
+  c.model->eval();
+  const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
+  ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.real("guidance_scale"));
+
+  const double t_start = sp.real("t_start"), t_end = sp.real("t_end");
+  if (!(t_start < t_end))
+    throw InputError(fmt::format("sample.t_start = {} must be below sample.t_end = {}", t_start, t_end));
+  const std::vector<double> times = solver_times(c, t_start, t_end);
+  // x_{t_start} = alpha x1 + sigma x0 with x1 unknown: start from sigma_{t_start} x0 (x0 itself for
+  // paths that start at pure source; sigma_max x0 for variance-exploding ones).
+  const double prior_scale = field.coefficients(t_start).sigma.item<double>();
+
+  SampleResult result;
+  result.labels = sampling_labels(config, c.data(), n);
+  std::vector<torch::Tensor> chunks, states;
+  const auto start = std::chrono::steady_clock::now();
+  for (std::int64_t done = 0; done < n; done += batch) {
+    const std::int64_t size = std::min(batch, n - done);
+    torch::Tensor x0 = c.source->sample(size, gen).x.to(c.context.device);
+    if (prior_scale != 1.0) x0.mul_(prior_scale);
+    field.set_labels(result.labels.defined() ? result.labels.narrow(0, done, size).to(c.context.device) : torch::Tensor());
+    SolveRequest request;
+    request.times = times;
+    request.generator = &gen;
+    if (done == 0 && traj_count > 0)
+      request.observer = [&](double, const torch::Tensor& x) {
+        states.push_back(x.narrow(0, 0, traj_count).to(torch::kCPU).clone());
+      };
+    chunks.push_back(c.solver->solve(field, x0, request).to(torch::kCPU));
+    if (done == 0) result.nfe = field.evaluations();
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.samples = torch::cat(chunks);
+  if (!states.empty()) result.trajectories = torch::stack(states);
+  return result;
+}
+
+}  // namespace pathline

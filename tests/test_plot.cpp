@@ -1,0 +1,391 @@
+// Tests of tools/plot: every chart writes a PNG that reads back (through the engine's stb reader)
+// with what it should show, and an SVG with real text; bad names and bad numbers never crash.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "pathline/engine/io.hpp"
+#include "pathline/plot/plot.hpp"
+
+namespace fs = std::filesystem;
+namespace plot = pathline::plot;
+using pathline::Image;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+class PlotTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    static int counter = 0;
+    dir_ = fs::temp_directory_path() /
+           ("pathline-test-plot-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  fs::path path(const std::string& name) const { return dir_ / name; }
+
+  std::vector<std::string> names() const {
+    std::vector<std::string> out;
+    for (const auto& entry : fs::directory_iterator(dir_)) out.push_back(entry.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  fs::path dir_;
+};
+
+std::string read_bytes(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// n points around (cx, cy) with standard deviation s, as x0 y0 x1 y1 ...
+plot::Points blob(std::size_t n, double cx, double cy, double s, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, s);
+  plot::Points p;
+  for (std::size_t i = 0; i < n; ++i) p.push_back(cx + normal(rng)), p.push_back(cy + normal(rng));
+  return p;
+}
+
+// Pixel classes in an RGB picture.
+struct Rgb {
+  int r, g, b;
+};
+Rgb at(const Image& im, int x, int y) {
+  const std::uint8_t* p = &im.pixels[(static_cast<std::size_t>(y) * im.width + x) * 3];
+  return {p[0], p[1], p[2]};
+}
+// tab:blue (31, 119, 180), pure or blended over white.
+bool is_blue(Rgb c) { return c.b - c.r > 40 && c.b > c.g + 10; }
+// tab:orange (255, 127, 14).
+bool is_orange(Rgb c) { return c.r - c.b > 80 && c.r > c.g + 40; }
+// A mid grey (the data in a scatter), darker than the grid lines, lighter than text.
+bool is_grey(Rgb c) { return std::abs(c.r - c.g) <= 4 && std::abs(c.g - c.b) <= 4 && c.r > 100 && c.r < 215; }
+bool is_dark(Rgb c) { return c.r < 80 && c.g < 80 && c.b < 80; }
+bool is_white(Rgb c) { return c.r == 255 && c.g == 255 && c.b == 255; }
+
+template <typename Pred>
+std::int64_t count(const Image& im, Pred pred, int x0, int y0, int x1, int y1) {
+  std::int64_t n = 0;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x) n += pred(at(im, x, y));
+  return n;
+}
+template <typename Pred>
+std::int64_t count(const Image& im, Pred pred) {
+  return count(im, pred, 0, 0, im.width, im.height);
+}
+
+// A PNG plot read back as RGB: a sensible size, and more than one colour.
+Image read_plot(const fs::path& file) {
+  Image im = pathline::read_image(file, 3);
+  EXPECT_GE(im.width, 400);
+  EXPECT_GE(im.height, 300);
+  EXPECT_EQ(im.pixels.size(), static_cast<std::size_t>(im.width) * im.height * 3);
+  EXPECT_GT(
+      std::count_if(im.pixels.begin(), im.pixels.end(), [&](std::uint8_t v) { return v != im.pixels[0]; }),
+      1000);
+  return im;
+}
+
+// Text in a cairo SVG is drawn from glyph outlines defined once (id="glyph...") and used per
+// character (<use xlink:href="#glyph...">); counts the characters drawn.
+std::size_t glyphs_drawn(const std::string& svg) {
+  std::size_t n = 0;
+  for (std::size_t at = svg.find("#glyph"); at != std::string::npos; at = svg.find("#glyph", at + 1)) ++n;
+  return n;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Scatter
+
+TEST_F(PlotTest, ScatterShowsGreyDataAndBlueSamplesWhereTheyAre) {
+  // Data on the left, samples on the right.
+  plot::scatter(path("s.png"), blob(3000, -2, 0, 0.4, 1), blob(3000, 2, 0, 0.4, 2), "left and right");
+  const Image im = read_plot(path("s.png"));
+  EXPECT_EQ(im.width, im.height);  // equal axes: a square picture
+  const int w = im.width, h = im.height;
+  const std::int64_t blue_left = count(im, is_blue, 0, 0, w / 2, h),
+                     blue_right = count(im, is_blue, w / 2, 0, w, h);
+  const std::int64_t grey_left = count(im, is_grey, 0, 0, w / 2, h),
+                     grey_right = count(im, is_grey, w / 2, 0, w, h);
+  EXPECT_GT(blue_right, 5000);
+  EXPECT_GT(grey_left, 5000);
+  EXPECT_GT(blue_right, 10 * blue_left);  // the left has only the legend's blue marker
+  EXPECT_GT(grey_left, 5 * grey_right);
+  EXPECT_TRUE(is_white(at(im, 0, 0)));
+  EXPECT_TRUE(is_white(at(im, w - 1, h - 1)));
+  EXPECT_GT(count(im, is_dark), 500);  // frame, tick numbers, title
+
+  // y grows upwards: samples at the top.
+  plot::scatter(path("up.png"), blob(2000, 0, -2, 0.3, 3), blob(2000, 0, 2, 0.3, 4), "");
+  const Image up = read_plot(path("up.png"));
+  EXPECT_GT(count(up, is_blue, 0, 0, up.width, up.height / 2),
+            10 * count(up, is_blue, 0, up.height / 2, up.width, up.height));
+}
+
+TEST_F(PlotTest, ScatterKeepsItsViewDespiteOutliersAndNonFiniteValues) {
+  plot::Points clean = blob(4000, 0, 0, 1, 5);
+  plot::scatter(path("clean.png"), blob(4000, 0, 0, 1, 6), clean, "clean");
+  plot::Points wild = clean;
+  wild[0] = 1e6;  // a diverged sample
+  wild[3] = kNaN;
+  wild[4] = kInf;
+  wild[7] = -kInf;
+  plot::scatter(path("wild.png"), blob(4000, 0, 0, 1, 6), wild, "wild");
+  const std::int64_t blue_clean = count(read_plot(path("clean.png")), is_blue);
+  const std::int64_t blue_wild = count(read_plot(path("wild.png")), is_blue);
+  EXPECT_GT(blue_clean, 20000);
+  // The bulk fills the view as before; a view stretched to 1e6 would squash it into a dot.
+  EXPECT_GT(blue_wild, blue_clean * 9 / 10);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Pathlines
+
+TEST_F(PlotTest, PathlinesDrawColouredLinesFromDarkStartsToColouredEnds) {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal;
+  const std::size_t particles = 12, steps = 20;
+  plot::Points start, end;
+  for (std::size_t i = 0; i < particles; ++i) {
+    start.push_back(normal(rng)), start.push_back(normal(rng));
+    end.push_back(3 + 0.2 * normal(rng)), end.push_back(3 + 0.2 * normal(rng));
+  }
+  std::vector<plot::Points> states;
+  for (std::size_t k = 0; k <= steps; ++k) {
+    const double t = static_cast<double>(k) / steps;
+    plot::Points s;
+    for (std::size_t j = 0; j < start.size(); ++j) s.push_back((1 - t) * start[j] + t * end[j]);
+    states.push_back(s);
+  }
+  plot::pathlines(path("p.png"), states, blob(2000, 3, 3, 0.3, 8), "pathlines");
+  const Image im = read_plot(path("p.png"));
+  auto saturated = [](Rgb c) { return std::max({c.r, c.g, c.b}) - std::min({c.r, c.g, c.b}) > 80; };
+  EXPECT_GT(count(im, saturated), 1500);  // coloured lines and end markers
+  EXPECT_GT(count(im, is_grey), 1000);    // the data underneath
+  EXPECT_GT(count(im, is_dark), 300);     // start markers, frame and text
+}
+
+// ------------------------------------------------------------------------------------------------
+// Line and bar charts
+
+TEST_F(PlotTest, LineChartDrawsEachSeriesInItsColourOnLinearAndLogAxes) {
+  plot::Series loss{"loss", {}, {}, false, true};
+  plot::Series ema{"EMA", {}, {}, true, true};
+  for (int i = 1; i <= 3000; ++i) {
+    loss.x.push_back(i), loss.y.push_back(2.0 / std::sqrt(i) + 0.01 * std::sin(i));
+    if (i % 100 == 0) ema.x.push_back(i), ema.y.push_back(2.0 / std::sqrt(i));
+  }
+  plot::Axes axes{"training loss", "step", "loss"};
+  plot::line_chart(path("linear.png"), axes, {loss, ema});
+  axes.log_x = axes.log_y = true;
+  plot::line_chart(path("log.png"), axes, {loss, ema});
+  for (const char* name : {"linear.png", "log.png"}) {
+    SCOPED_TRACE(name);
+    const Image im = read_plot(path(name));
+    EXPECT_GT(im.width, im.height);
+    EXPECT_GT(count(im, is_blue), 1000);
+    EXPECT_GT(count(im, is_orange), 300);
+    EXPECT_GT(count(im, is_dark), 800);  // frame, numbers, labels, title
+  }
+}
+
+// The mean row of the blue pixels in each column that has any (-1 where none).
+std::vector<double> blue_rows(const Image& im) {
+  std::vector<double> rows(static_cast<std::size_t>(im.width), -1);
+  for (int x = 0; x < im.width; ++x) {
+    double sum = 0;
+    int n = 0;
+    for (int y = 0; y < im.height; ++y)
+      if (is_blue(at(im, x, y))) sum += y, ++n;
+    if (n > 0) rows[static_cast<std::size_t>(x)] = sum / n;
+  }
+  return rows;
+}
+
+// How far the middle of the blue curve lies from the chord between its quarter points, in pixels.
+double bend(const Image& im) {
+  const std::vector<double> rows = blue_rows(im);
+  std::vector<int> columns;
+  for (int x = 0; x < im.width; ++x)
+    if (rows[static_cast<std::size_t>(x)] >= 0) columns.push_back(x);
+  EXPECT_GT(columns.size(), 200u);
+  if (columns.size() < 4) return 1e9;
+  const int a = columns[columns.size() / 4], m = columns[columns.size() / 2],
+            b = columns[3 * columns.size() / 4];
+  const double chord = rows[a] + (rows[b] - rows[a]) * (m - a) / static_cast<double>(b - a);
+  return std::abs(rows[m] - chord);
+}
+
+TEST_F(PlotTest, LogAxesMapPowerLawsToStraightLines) {
+  plot::Series power{"", {}, {}, false, true};  // no label: no legend swatch among the blue pixels
+  for (int i = 1; i <= 100; ++i) power.x.push_back(i), power.y.push_back(std::pow(i, 3.0));
+  plot::line_chart(path("linear.png"), {"", "", ""}, {power});
+  plot::line_chart(path("loglog.png"), {"", "", "", true, true}, {power});
+  EXPECT_LT(bend(read_plot(path("loglog.png"))), 2.0);
+  EXPECT_GT(bend(read_plot(path("linear.png"))), 20.0);  // x^3 is far from straight
+}
+
+TEST_F(PlotTest, BarChartBarsAreAsTallAsTheirValues) {
+  plot::Axes axes{"energy distance by solver", "solver", "energy distance"};
+  plot::bar_chart(path("b.png"), axes, {"euler", "midpoint", "heun", "rk4"}, {0.04, 0.02, 0.01, 0.03});
+  const Image im = read_plot(path("b.png"));
+  // The blue height of each bar, sampled along the row of bars: columns of blue pixels.
+  std::vector<int> heights;
+  int run = 0;
+  int best_in_run = 0;
+  for (int x = 0; x < im.width; ++x) {
+    int column = 0;
+    for (int y = 0; y < im.height; ++y) column += is_blue(at(im, x, y));
+    if (column > 10) {
+      ++run;
+      best_in_run = std::max(best_in_run, column);
+    } else if (run > 0) {
+      if (run > 20) heights.push_back(best_in_run);  // a bar, not a stray glyph
+      run = 0, best_in_run = 0;
+    }
+  }
+  ASSERT_EQ(heights.size(), 4u);
+  EXPECT_NEAR(static_cast<double>(heights[1]) / heights[0], 0.5, 0.03);
+  EXPECT_NEAR(static_cast<double>(heights[2]) / heights[0], 0.25, 0.03);
+  EXPECT_NEAR(static_cast<double>(heights[3]) / heights[0], 0.75, 0.03);
+}
+
+// ------------------------------------------------------------------------------------------------
+// SVG, names, bad inputs
+
+TEST_F(PlotTest, EveryPlotWritesAnSvgWithRealText) {
+  const plot::Axes axes{"title", "x", "y"};
+  plot::scatter(path("s.svg"), blob(200, 0, 0, 1, 9), blob(200, 1, 1, 1, 10), "samples");
+  plot::pathlines(path("p.svg"), {blob(5, 0, 0, 1, 11), blob(5, 2, 2, 1, 12)}, blob(100, 2, 2, 1, 13),
+                  "paths");
+  plot::line_chart(path("l.svg"), axes, {{"a", {1, 2, 3}, {3, 1, 2}}});
+  plot::bar_chart(path("b.svg"), axes, {"one", "two"}, {1.5, 2.5});
+  for (const char* name : {"s.svg", "p.svg", "l.svg", "b.svg"}) {
+    SCOPED_TRACE(name);
+    const std::string svg = read_bytes(path(name));
+    EXPECT_NE(svg.find("<svg"), std::string::npos);
+    EXPECT_NE(svg.find("</svg>"), std::string::npos);
+    EXPECT_NE(svg.find("id=\"glyph"), std::string::npos);  // glyph outlines, defined once
+    EXPECT_GT(glyphs_drawn(svg), 20u);                     // tick numbers, labels, title, legend
+  }
+  EXPECT_EQ(names(), (std::vector<std::string>{"b.svg", "l.svg", "p.svg", "s.svg"}));  // no temporaries
+}
+
+TEST_F(PlotTest, UnknownExtensionsThrowNamingTheFileAndWriteNothing) {
+  for (const char* name : {"plot.jpg", "plot.pdf", "plot", "plot.png.tmp"}) {
+    SCOPED_TRACE(name);
+    try {
+      plot::scatter(path(name), {0, 0}, {1, 1}, "");
+      ADD_FAILURE() << "no exception";
+    } catch (const std::runtime_error& e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.find(path(name).string() + ": unknown picture format"), 0u) << message;
+      EXPECT_NE(message.find(".png or .svg"), std::string::npos) << message;
+      EXPECT_EQ(message.find('\n'), std::string::npos);
+    }
+  }
+  EXPECT_THROW(plot::line_chart(path("l.gif"), {}, {}), std::runtime_error);
+  EXPECT_THROW(plot::bar_chart(path("b.bmp"), {}, {}, {}), std::runtime_error);
+  EXPECT_THROW(plot::pathlines(path("p.txt"), {}, {}, ""), std::runtime_error);
+  EXPECT_TRUE(names().empty());
+  // Upper-case extensions are the same formats.
+  plot::scatter(path("upper.PNG"), {0, 0}, {1, 1}, "");
+  EXPECT_EQ(pathline::read_image(path("upper.PNG")).channels, 3);
+}
+
+TEST_F(PlotTest, EmptyAndNonFiniteInputsDrawAnEmptyFrame) {
+  const plot::Axes axes{"nothing", "x", "y", true, true};
+  plot::scatter(path("s.png"), {}, {}, "empty");
+  plot::scatter(path("nan.png"), {kNaN, kNaN, kInf, 0}, {kNaN, 1}, "not a number");
+  plot::pathlines(path("p.png"), {}, {}, "no states");
+  plot::pathlines(path("p0.png"), {{}, {}}, {}, "no particles");
+  plot::pathlines(path("pn.png"), {{0, 0, kNaN, 1}, {1, kNaN, 2, 2}, {kInf, 1, 3, 3}}, {}, "broken");
+  plot::line_chart(path("l.png"), axes, {});
+  plot::line_chart(path("ln.png"), axes, {{"bad", {kNaN, -1, 0, 2}, {1, 2, 3, kInf}}, {"none", {}, {}}});
+  plot::line_chart(path("one.png"), {"one point", "", ""}, {{"p", {5}, {5}}});
+  plot::bar_chart(path("b.png"), axes, {}, {});
+  plot::bar_chart(path("bn.png"), {"signs", "", ""}, {"nan", "neg", "inf", "zero"}, {kNaN, -2, kInf, 0});
+  // Finite but extreme: spans beyond double range, spans below its precision, denormals on log axes.
+  const double big = std::numeric_limits<double>::max(), tiny = std::numeric_limits<double>::denorm_min();
+  plot::line_chart(path("huge.png"), {}, {{"", {1, 2}, {-big, big}}});
+  plot::line_chart(path("flat.png"), {}, {{"", {1, 2}, {1e15, 1e15 + 0.25}}});
+  plot::line_chart(path("denormal.png"), {"", "", "", true, true}, {{"", {tiny, big}, {tiny, big}}});
+  plot::scatter(path("huge_scatter.png"), {-big, -big, big, big}, {0, 0, tiny, tiny}, "");
+  plot::bar_chart(path("huge_bars.png"), {}, {"low", "high"}, {-big, big});
+  for (const char* name :
+       {"s.png", "nan.png", "p.png", "p0.png", "pn.png", "l.png", "ln.png", "one.png", "b.png", "bn.png",
+        "huge.png", "flat.png", "denormal.png", "huge_scatter.png", "huge_bars.png"}) {
+    SCOPED_TRACE(name);
+    const Image im = read_plot(path(name));
+    EXPECT_GT(count(im, is_dark), 200);  // at least the frame and the tick numbers
+  }
+}
+
+TEST_F(PlotTest, InconsistentInputsThrowOneLineNamingTheFile) {
+  auto message_of = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const std::runtime_error& e) {
+      return e.what();
+    }
+    return "(nothing thrown)";
+  };
+  const fs::path file = path("x.png");
+  EXPECT_EQ(message_of([&] {
+              plot::line_chart(file, {}, {{"loss", {1, 2, 3}, {1, 2}}});
+            }),
+            file.string() + ": series 'loss' has 3 x values and 2 y values (they must pair up)");
+  EXPECT_EQ(message_of([&] {
+              plot::bar_chart(file, {}, {"a", "b"}, {1});
+            }),
+            file.string() + ": a bar chart needs one value per label: 2 labels, 1 values");
+  EXPECT_EQ(message_of([&] {
+              plot::scatter(file, {1, 2, 3}, {}, "");
+            }),
+            file.string() + ": the reference points holds 3 numbers, not x y pairs (an even count)");
+  EXPECT_EQ(message_of([&] {
+              plot::pathlines(file, {{0, 0, 1, 1}, {0, 0}}, {}, "");
+            }),
+            file.string() +
+                ": pathline states must hold the same particles at every time: state 0 has 2 points, state 1 "
+                "has 1");
+  EXPECT_TRUE(names().empty());
+}
+
+TEST_F(PlotTest, PlotsReplaceOldFilesWholeAndFailCleanlyWhereTheyCannotWrite) {
+  plot::scatter(path("s.png"), blob(100, 0, 0, 1, 14), blob(100, 0, 0, 1, 15), "first");
+  plot::line_chart(path("s.png"), {"second", "", ""}, {{"a", {0, 1}, {0, 1}}});
+  const Image im = read_plot(path("s.png"));
+  EXPECT_GT(im.width, im.height);  // the chart's shape, not the square scatter's
+  EXPECT_EQ(names(), (std::vector<std::string>{"s.png"}));
+
+  const fs::path nowhere = path("no/such/folder/s.png");
+  try {
+    plot::scatter(nowhere, {0, 0}, {1, 1}, "");
+    ADD_FAILURE() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()).find(nowhere.string() + ": cannot write: "), 0u) << e.what();
+  }
+}
+
+}  // namespace

@@ -1,0 +1,46 @@
+// Pictures of runs and ablations, drawn with cairo: anti-aliased lines and markers, axes with
+// numbered ticks, titles and legends. The file's extension chooses the format (.png or .svg).
+// Nothing here knows LibTorch: callers pass plain numbers.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#define PATHLINE_PLOT_API __attribute__((visibility("default")))
+
+namespace pathline::plot {
+
+// 2D points, x0 y0 x1 y1 ...
+using Points = std::vector<double>;
+
+struct Series {
+  std::string label;       // the legend's text ("" for none)
+  std::vector<double> x, y;  // same length
+  bool markers = true;     // a marker at every point
+  bool lines = true;       // joined by a line
+};
+
+struct Axes {
+  std::string title, x_label, y_label;
+  bool log_x = false, log_y = false;
+};
+
+// Reference data in grey and generated samples in blue, one dot each, with a legend; the view fits
+// both (outliers beyond the 0.5% quantiles do not stretch it).
+PATHLINE_PLOT_API void scatter(const std::filesystem::path& file, const Points& reference, const Points& generated,
+                               const std::string& title);
+
+// Pathlines: states[k] holds the particles' positions at the k-th time (same count each), drawn as
+// polylines from the start (small marker) to the end (larger marker), over the data in light grey.
+PATHLINE_PLOT_API void pathlines(const std::filesystem::path& file, const std::vector<Points>& states,
+                                 const Points& reference, const std::string& title);
+
+// Lines (and markers) on numbered axes: loss curves, quality against NFE.
+PATHLINE_PLOT_API void line_chart(const std::filesystem::path& file, const Axes& axes, const std::vector<Series>& series);
+
+// One bar per label, the value written above it.
+PATHLINE_PLOT_API void bar_chart(const std::filesystem::path& file, const Axes& axes, const std::vector<std::string>& labels,
+                                 const std::vector<double>& values);
+
+}  // namespace pathline::plot
