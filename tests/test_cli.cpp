@@ -15,7 +15,8 @@ using testing::write_text;
 
 const std::string kGood =
     "[dataset]\ntype = \"toy2d\"\nshape = \"moons\"\n[model]\ntype = \"mlp\"\nwidth = 16\ndepth = 1\n"
-    "[train]\nsteps = 5\nbatch_size = 32\n[sample]\nn = 64\ntrajectories = 4\n[solver]\ntype = \"euler\"\nsteps = 4\n";
+    "[train]\nsteps = 5\nbatch_size = 32\n[sample]\nn = 64\ntrajectories = 4\n[solver]\ntype = "
+    "\"euler\"\nsteps = 4\n";
 
 TEST(Cli, VersionAndHelp) {
   auto v = run_cli("--version");
@@ -40,7 +41,8 @@ TEST(Cli, UnknownCommandAndOptionAreUsageErrors) {
   EXPECT_EQ(o.err, "pathline validate: unrecognised option '--bogus' (see 'pathline validate --help')\n");
   auto m = run_cli("validate");
   EXPECT_EQ(m.code, 2);
-  EXPECT_EQ(m.err, "pathline validate: missing CONFIG (a pipeline TOML file) (see 'pathline validate --help')\n");
+  EXPECT_EQ(m.err,
+            "pathline validate: missing CONFIG (a pipeline TOML file) (see 'pathline validate --help')\n");
 }
 
 // The line of `pathline plugins` that lists plugin `name`, or "" if there is none.
@@ -53,7 +55,8 @@ std::string plugin_line(const std::string& out, const std::string& name) {
 TEST(Cli, PluginsListsEveryKindWithItsFile) {
   auto r = run_cli("plugins");
   EXPECT_EQ(r.code, 0) << r.err;
-  for (Kind k : kAllKinds) EXPECT_NE(r.out.find(std::string("\n") + to_string(k) + ":\n"), std::string::npos) << to_string(k);
+  for (Kind k : kAllKinds)
+    EXPECT_NE(r.out.find(std::string("\n") + to_string(k) + ":\n"), std::string::npos) << to_string(k);
   // Name, version, where it was found, file.
   auto solvers = std::filesystem::canonical(testing::builtin_plugins() / "libpathline_solvers.so");
   EXPECT_EQ(plugin_line(r.out, "solvers"),
@@ -72,10 +75,12 @@ TEST(Cli, PluginDirAndEnvironmentAddPluginsAndReportBrokenOnes) {
   EXPECT_NE(r.out.find("fixture_path"), std::string::npos);
   EXPECT_NE(r.out.find("Failed to load:"), std::string::npos);
   EXPECT_NE(r.out.find("stage 'abi-version': expected SDK ABI version"), std::string::npos);
-  auto e = run_cli("inspect path fixture_path", {}, "PATHLINE_PLUGIN_PATH='" + std::string(PATHLINE_FIXTURE_DIR) + "'");
+  auto e = run_cli("inspect path fixture_path", {},
+                   "PATHLINE_PLUGIN_PATH='" + std::string(PATHLINE_FIXTURE_DIR) + "'");
   EXPECT_EQ(e.code, 0) << e.err;
-  EXPECT_NE(e.out.find("\n  from plugin 'fixture-good' 1.2.3 (PATHLINE_PLUGIN_PATH: " + good.string() + ")\n"),
-            std::string::npos)
+  EXPECT_NE(
+      e.out.find("\n  from plugin 'fixture-good' 1.2.3 (PATHLINE_PLUGIN_PATH: " + good.string() + ")\n"),
+      std::string::npos)
       << e.out;
   // Broken plugins are warnings, one line each, on stderr.
   for (const auto& line : lines_of(e.err)) EXPECT_EQ(line.rfind("pathline: warning: plugin ", 0), 0u) << line;
@@ -96,16 +101,21 @@ TEST(Cli, InspectShowsEveryParameter) {
   EXPECT_NE(t.out.find("betas"), std::string::npos);
   auto k = run_cli("inspect modle mlp");
   EXPECT_EQ(k.code, 2);
-  EXPECT_EQ(k.err.rfind("pathline inspect: unknown kind 'modle'; did you mean 'model'? kinds: dataset, path, ", 0), 0u) << k.err;
+  EXPECT_EQ(
+      k.err.rfind("pathline inspect: unknown kind 'modle'; did you mean 'model'? kinds: dataset, path, ", 0),
+      0u)
+      << k.err;
   auto n = run_cli("inspect solver rk5");
   EXPECT_EQ(n.code, 2);
-  EXPECT_EQ(n.err.rfind("pathline inspect: unknown solver 'rk5'; did you mean 'rk4'? registered: ", 0), 0u) << n.err;
+  EXPECT_EQ(n.err.rfind("pathline inspect: unknown solver 'rk5'; did you mean 'rk4'? registered: ", 0), 0u)
+      << n.err;
 }
 
 TEST(Cli, ValidateReportsAllProblemsWritesNothingAndExits2) {
   TempDir dir;
   write_text(dir / "bad.toml",
-             "[dataset]\ntype = \"toy2d\"\nshape = \"moonz\"\n[model]\ntype = \"mlp\"\nwidth = -1\n[train]\nsteps = \"x\"\n");
+             "[dataset]\ntype = \"toy2d\"\nshape = \"moonz\"\n[model]\ntype = \"mlp\"\nwidth = "
+             "-1\n[train]\nsteps = \"x\"\n");
   for (std::string cmd : {"validate", "run", "train"}) {
     auto r = run_cli(cmd + " bad.toml", dir.path());
     EXPECT_EQ(r.code, 2) << cmd;
@@ -156,8 +166,8 @@ TEST(Cli, RunTrainAndSampleEndToEnd) {
   auto r = run_cli("run good.toml", dir.path());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "runs/good\n");
-  for (std::string f : {"config.toml", "metrics.csv", "model.pt", "samples.npy", "samples.png", "trajectories.png",
-                        "summary.json"})
+  for (std::string f : {"config.toml", "metrics.csv", "model.pt", "samples.npy", "samples.png",
+                        "trajectories.png", "summary.json"})
     EXPECT_TRUE(std::filesystem::exists(dir / ("runs/good/" + f))) << f;
   // A second run never overwrites the first.
   auto again = run_cli("run good.toml", dir.path());
@@ -212,7 +222,8 @@ TEST(Cli, GuidanceOnUnlabelledDataIsRefusedBeforeAnythingIsWritten) {
   auto r = run_cli("run good.toml --set sample.guidance_scale=2", dir.path());
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err,
-            "pathline run: error: sample.guidance_scale = 2 needs labelled data, but dataset 'toy2d' has no labels; "
+            "pathline run: error: sample.guidance_scale = 2 needs labelled data, but dataset 'toy2d' has no "
+            "labels; "
             "set guidance_scale = 1 or use a labelled data set\n");
   EXPECT_FALSE(std::filesystem::exists(dir / "runs"));
 }
@@ -227,7 +238,9 @@ TEST(Cli, SampleErrors) {
   write_text(dir / "runs/good/model.pt", "not a checkpoint");
   auto corrupt = run_cli("sample runs/good", dir.path());
   EXPECT_EQ(corrupt.code, 1);
-  EXPECT_EQ(corrupt.err.rfind("pathline sample: error: runs/good/model.pt: corrupt or incompatible checkpoint: ", 0), 0u)
+  EXPECT_EQ(corrupt.err.rfind(
+                "pathline sample: error: runs/good/model.pt: corrupt or incompatible checkpoint: ", 0),
+            0u)
       << corrupt.err;
   EXPECT_EQ(lines_of(corrupt.err).size(), 1u) << corrupt.err;
   EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/sample-euler"));  // nothing half-made

@@ -78,20 +78,23 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"fixture_wrong_abi", "abi-version",
                    "expected SDK ABI version " + std::to_string(PATHLINE_SDK_ABI_VERSION) +
                        ", found 999 (plugin 'fixture-good'); rebuild it against this SDK"},
-        BrokenCase{"fixture_wrong_torch", "torch-version",
-                   std::string("expected LibTorch ") + TORCH_VERSION + ", found '0.4.1' (plugin 'fixture-good')"},
+        BrokenCase{
+            "fixture_wrong_torch", "torch-version",
+            std::string("expected LibTorch ") + TORCH_VERSION + ", found '0.4.1' (plugin 'fixture-good')"},
         BrokenCase{"fixture_wrong_cxx_abi", "cxx-abi",
                    "expected _GLIBCXX_USE_CXX11_ABI=1, found 0 (plugin 'fixture-good')"},
         BrokenCase{"fixture_throws", "register",
                    "fixture registration failed on purpose (plugin 'fixture-throws')"},
-        BrokenCase{"fixture_throws_int", "register",
-                   "expected registration to succeed, found a non-standard exception (plugin 'fixture-throws-int')"},
+        BrokenCase{
+            "fixture_throws_int", "register",
+            "expected registration to succeed, found a non-standard exception (plugin 'fixture-throws-int')"},
         BrokenCase{"fixture_empty", "register",
                    "expected at least one component, found none registered (plugin 'fixture-empty')"},
         BrokenCase{"fixture_twin", "register",
                    "expected unique component names, found path 'fixture_path' already registered by plugin "
                    "'fixture-good' (" +
-                       std::filesystem::canonical(fixture("fixture_good")).string() + ") (plugin 'fixture-twin')"}),
+                       std::filesystem::canonical(fixture("fixture_good")).string() +
+                       ") (plugin 'fixture-twin')"}),
     [](const auto& info) { return info.param.fixture.substr(8); });
 
 TEST(PluginHost, FileThatIsNotASharedLibraryFailsAtOpen) {
@@ -100,7 +103,8 @@ TEST(PluginHost, FileThatIsNotASharedLibraryFailsAtOpen) {
   EXPECT_FALSE(host.load_file(fixture("fixture_garbage")));
   ASSERT_EQ(host.failures().size(), 1u);
   EXPECT_EQ(host.failures()[0].stage, "open");
-  EXPECT_NE(host.failures()[0].line().find("libfixture_garbage.so: stage 'open': expected a loadable shared library"),
+  EXPECT_NE(host.failures()[0].line().find(
+                "libfixture_garbage.so: stage 'open': expected a loadable shared library"),
             std::string::npos);
   EXPECT_EQ(host.failures()[0].line().find('\n'), std::string::npos);
 }
@@ -123,8 +127,9 @@ TEST(PluginHost, MissingDirectoryIsReported) {
   PluginHost host(registry);
   host.load_directory("/nonexistent/pathline-plugins");
   ASSERT_EQ(host.failures().size(), 1u);
-  EXPECT_EQ(host.failures()[0].line(),
-            "plugin /nonexistent/pathline-plugins: stage 'search': expected a directory of plugins, found nothing");
+  EXPECT_EQ(
+      host.failures()[0].line(),
+      "plugin /nonexistent/pathline-plugins: stage 'search': expected a directory of plugins, found nothing");
 }
 
 TEST(PluginHost, SearchPathReadsEnvironmentVariable) {
@@ -175,14 +180,17 @@ TEST(Registry, RejectsDuplicateNamesOfTheSameKindOnly) {
   auto info = std::make_shared<PluginInfo>(PluginInfo{"a", "1", "/x/liba.so", "explicit"});
   Factory<Path> factory = [](const Params&, const BuildContext&) -> std::shared_ptr<Path> { return nullptr; };
   registry.add({Kind::path, {"same", "", {}}, info, factory});
-  Factory<Metric> metric = [](const Params&, const BuildContext&) -> std::shared_ptr<Metric> { return nullptr; };
+  Factory<Metric> metric = [](const Params&, const BuildContext&) -> std::shared_ptr<Metric> {
+    return nullptr;
+  };
   registry.add({Kind::metric, {"same", "", {}}, info, metric});  // another kind: fine
   try {
     registry.add({Kind::path, {"same", "", {}}, info, factory});
     FAIL() << "expected PluginError";
   } catch (const PluginError& e) {
-    EXPECT_STREQ(e.what(),
-                 "expected unique component names, found path 'same' already registered by plugin 'a' (/x/liba.so)");
+    EXPECT_STREQ(
+        e.what(),
+        "expected unique component names, found path 'same' already registered by plugin 'a' (/x/liba.so)");
   }
   EXPECT_EQ(registry.names(Kind::path), std::vector<std::string>{"same"});
   // A factory that returns nothing is an error, not a null component.

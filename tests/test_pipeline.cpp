@@ -1,9 +1,8 @@
 // End to end: training lowers the loss and brings samples near the data, outputs decode, runs are
 // deterministic; the training step's options each do what they say; the [source] slot, labels,
 // label dropout and guidance.
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/pipeline.hpp"
@@ -40,7 +39,8 @@ double energy(const PipelineConfig& config, const std::filesystem::path& dir) {
 // The energy distance between two point sets, through the registered metric.
 double energy_between(const torch::Tensor& a, const torch::Tensor& b) {
   auto metric = testing::builtin_registry().create<Metric>(
-      "energy_distance", testing::default_params(testing::builtin_registry(), Kind::metric, "energy_distance"), {});
+      "energy_distance",
+      testing::default_params(testing::builtin_registry(), Kind::metric, "energy_distance"), {});
   MetricInput input;
   input.generated = a;
   input.reference = b;
@@ -82,7 +82,7 @@ TEST(Pipeline, OutputsDecodeAndRoundTrip) {
   torch::Tensor saved = read_npy(dir / "run/samples.npy");
   EXPECT_EQ(saved.sizes(), (std::vector<std::int64_t>{1000, 2}));
   EXPECT_EQ(saved.scalar_type(), torch::kFloat32);
-  EXPECT_TRUE(torch::equal(saved, s.samples));  // same config, same seed, same samples
+  EXPECT_TRUE(torch::equal(saved, s.samples));                    // same config, same seed, same samples
   EXPECT_FALSE(std::filesystem::exists(dir / "run/labels.npy"));  // unlabelled data
 
   for (std::string f : {"samples.png", "trajectories.png", "loss.png"}) {
@@ -97,7 +97,8 @@ TEST(Pipeline, OutputsDecodeAndRoundTrip) {
 
 TEST(Pipeline, Determinism) {
   TempDir dir;
-  std::vector<std::string> overrides = {"train.steps=40", "train.batch_size=128", "train.log_every=5", "run.seed=7"};
+  std::vector<std::string> overrides = {"train.steps=40", "train.batch_size=128", "train.log_every=5",
+                                        "run.seed=7"};
   PipelineConfig config = config_for("", overrides);
   for (std::string name : {"a", "b"})
     run_job(config, testing::builtin_registry(), JobOptions{dir / name, true, true}, nullptr);
@@ -108,7 +109,8 @@ TEST(Pipeline, Determinism) {
     while (std::getline(in, line)) out += line.substr(0, line.rfind(',')) + "\n";
     return out;
   };
-  EXPECT_EQ(strip_time(testing::read_text(dir / "a/metrics.csv")), strip_time(testing::read_text(dir / "b/metrics.csv")));
+  EXPECT_EQ(strip_time(testing::read_text(dir / "a/metrics.csv")),
+            strip_time(testing::read_text(dir / "b/metrics.csv")));
   EXPECT_TRUE(torch::equal(read_npy(dir / "a/samples.npy"), read_npy(dir / "b/samples.npy")));
   // Another seed gives other samples.
   overrides.back() = "run.seed=8";
@@ -128,7 +130,8 @@ TEST(Pipeline, RandomStreamsAreHashedAndDistinct) {
 
 TEST(Pipeline, RunDirectoriesAreNeverOverwrittenUnlessAsked) {
   TempDir dir;
-  PipelineConfig config = config_for("", {"train.steps=0", "run.dir=\"" + (dir / "runs").string() + "\"", "run.name=x"});
+  PipelineConfig config =
+      config_for("", {"train.steps=0", "run.dir=\"" + (dir / "runs").string() + "\"", "run.name=x"});
   EXPECT_EQ(create_run_dir(config, std::nullopt, false), dir / "runs/x");
   testing::write_text(dir / "runs/x/keep", "1");
   EXPECT_EQ(create_run_dir(config, std::nullopt, false), dir / "runs/x-2");
@@ -157,7 +160,8 @@ TEST(Pipeline, WeightsRoundTripAndCorruptCheckpointIsAClearError) {
     FAIL();
   } catch (const InputError& e) {
     std::string what = e.what();
-    EXPECT_EQ(what.rfind((dir / "bad.pt").string() + ": corrupt or incompatible checkpoint: ", 0), 0u) << what;
+    EXPECT_EQ(what.rfind((dir / "bad.pt").string() + ": corrupt or incompatible checkpoint: ", 0), 0u)
+        << what;
     EXPECT_EQ(what.find('\n'), std::string::npos);
   }
 }
@@ -172,14 +176,14 @@ std::vector<torch::Tensor> snapshot(Model& model) {
 }
 
 TEST(TrainStep, LearningRateWarmupAndCosineSchedule) {
-  PipelineConfig config = config_for("", {"train.steps=110", "train.lr=0.01", "train.warmup_steps=10",
-                                          "train.lr_schedule=cosine"});
+  PipelineConfig config = config_for(
+      "", {"train.steps=110", "train.lr=0.01", "train.warmup_steps=10", "train.lr_schedule=cosine"});
   LearningRateSchedule schedule(config.table("train"));
   EXPECT_DOUBLE_EQ(schedule.at(0), 0.001);  // warm-up: (step + 1) / warmup of the base
   EXPECT_DOUBLE_EQ(schedule.at(4), 0.005);
   EXPECT_DOUBLE_EQ(schedule.at(9), 0.01);
-  EXPECT_DOUBLE_EQ(schedule.at(10), 0.01);              // cosine starts at the base
-  EXPECT_NEAR(schedule.at(60), 0.005, 1e-12);           // halfway down
+  EXPECT_DOUBLE_EQ(schedule.at(10), 0.01);     // cosine starts at the base
+  EXPECT_NEAR(schedule.at(60), 0.005, 1e-12);  // halfway down
   EXPECT_NEAR(schedule.at(109), 0.01 * 0.5 * (1 + std::cos(M_PI * 99.0 / 100.0)), 1e-15);
   PipelineConfig constant = config_for("", {"train.lr=0.01"});
   EXPECT_DOUBLE_EQ(LearningRateSchedule(constant.table("train")).at(1000), 0.01);
@@ -208,14 +212,16 @@ TEST(TrainStep, GradientClippingBoundsTheUpdate) {
   // unless the gradient is far below eps = 1e-8: clipping its norm to 1e-14 shrinks the first step
   // by about a million; without clipping every parameter moves by about lr.
   auto first_step_change = [](const std::string& clip) {
-    PipelineConfig config = config_for("", {"train.batch_size=64", "train.lr=0.01", "train.grad_clip=" + clip});
+    PipelineConfig config =
+        config_for("", {"train.batch_size=64", "train.lr=0.01", "train.grad_clip=" + clip});
     Components c = build_components(config, testing::builtin_registry());
     auto before = snapshot(*c.model);
     Trainer trainer(config, c);
     trainer.step();
     double most = 0;
     auto after = c.model->parameters();
-    for (std::size_t i = 0; i < after.size(); ++i) most = std::max(most, (after[i] - before[i]).abs().max().item<double>());
+    for (std::size_t i = 0; i < after.size(); ++i)
+      most = std::max(most, (after[i] - before[i]).abs().max().item<double>());
     return most;
   };
   EXPECT_NEAR(first_step_change("0"), 0.01, 1e-4);
@@ -226,7 +232,8 @@ TEST(TrainStep, WeightDecayIsDecoupled) {
   // AdamW (Loshchilov & Hutter 2019): p <- p (1 - lr wd) - lr adam(g). Two runs from the same start
   // that differ only in wd differ after one step by exactly -lr wd p0.
   auto one_step = [](const std::string& wd) {
-    PipelineConfig config = config_for("", {"train.batch_size=64", "train.lr=0.01", "train.weight_decay=" + wd});
+    PipelineConfig config =
+        config_for("", {"train.batch_size=64", "train.lr=0.01", "train.weight_decay=" + wd});
     Components c = build_components(config, testing::builtin_registry());
     auto start = snapshot(*c.model);
     Trainer(config, c).step();
@@ -236,7 +243,8 @@ TEST(TrainStep, WeightDecayIsDecoupled) {
   auto [start2, decayed] = one_step("0.5");
   for (std::size_t i = 0; i < plain.size(); ++i) {
     ASSERT_TRUE(torch::equal(start[i], start2[i]));
-    EXPECT_TRUE(torch::allclose(decayed[i] - plain[i], -0.01 * 0.5 * start[i], 1e-5, 1e-7)) << "parameter " << i;
+    EXPECT_TRUE(torch::allclose(decayed[i] - plain[i], -0.01 * 0.5 * start[i], 1e-5, 1e-7))
+        << "parameter " << i;
   }
 }
 
@@ -279,8 +287,9 @@ TEST(TrainStep, SavedStateContinuesExactly) {
   std::ostringstream bytes;
   out.save_to(bytes);
 
-  PipelineConfig other_seed = config_for("", {"train.batch_size=32", "train.ema_decay=0.9", "train.steps=8",
-                                              "train.lr_schedule=cosine", "train.warmup_steps=2", "run.seed=5"});
+  PipelineConfig other_seed =
+      config_for("", {"train.batch_size=32", "train.ema_decay=0.9", "train.steps=8",
+                      "train.lr_schedule=cosine", "train.warmup_steps=2", "run.seed=5"});
   Components second = build_components(other_seed, testing::builtin_registry());
   Trainer after(config, second);
   std::istringstream in(bytes.str());
@@ -356,9 +365,10 @@ TEST(Source, ShapeMismatchIsAClearError) {
     build_components(config, testing::builtin_registry());
     FAIL();
   } catch (const InputError& e) {
-    EXPECT_EQ(std::string(e.what()),
-              "[source] (type 'gaussian') draws samples of shape [3], but [dataset] (type 'toy2d') draws [2]; "
-              "a flow maps between spaces of the same shape");
+    EXPECT_EQ(
+        std::string(e.what()),
+        "[source] (type 'gaussian') draws samples of shape [3], but [dataset] (type 'toy2d') draws [2]; "
+        "a flow maps between spaces of the same shape");
   }
 }
 
@@ -383,7 +393,8 @@ TEST(Guidance, ConditionalSamplesLandInTheirClassAndGuidanceOneIsThePlainConditi
   // Every class in turn by default.
   SampleResult s = sample(config, c);
   ASSERT_TRUE(s.labels.defined());
-  EXPECT_TRUE(torch::equal(s.labels.narrow(0, 0, 10), torch::tensor({0, 1, 2, 3, 4, 5, 6, 7, 0, 1}, torch::kInt64)));
+  EXPECT_TRUE(
+      torch::equal(s.labels.narrow(0, 0, 10), torch::tensor({0, 1, 2, 3, 4, 5, 6, 7, 0, 1}, torch::kInt64)));
 
   // Each class's samples sit on that class's mode: the mean of its samples is near the mean of the
   // data of that class, and far from every other class's.
@@ -407,7 +418,8 @@ TEST(Guidance, ConditionalSamplesLandInTheirClassAndGuidanceOneIsThePlainConditi
   torch::Tensor x = torch::randn({16, 2}), labels = torch::arange(16, torch::kInt64) % 8;
   torch::Tensor t = torch::full({16}, 0.4);
   torch::Tensor conditional = c.model->forward(x, t, Condition{labels});
-  torch::Tensor unconditional = c.model->forward(x, t, Condition{torch::full({16}, kNullLabel, torch::kInt64)});
+  torch::Tensor unconditional =
+      c.model->forward(x, t, Condition{torch::full({16}, kNullLabel, torch::kInt64)});
   EXPECT_FALSE(torch::allclose(conditional, unconditional));
   ModelField plain(*c.model, *c.path, *c.parameterization, 2, 1.0);
   plain.set_labels(labels);
@@ -429,7 +441,8 @@ TEST(Guidance, AskedForLabelsAreHonouredAndCheckedAgainstTheData) {
     FAIL();
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "sample.labels: 8 is not a class of dataset 'toy2d' (classes 0 to 7, or -1 for unconditional samples)");
+              "sample.labels: 8 is not a class of dataset 'toy2d' (classes 0 to 7, or -1 for unconditional "
+              "samples)");
   }
 }
 

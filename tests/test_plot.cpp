@@ -18,8 +18,30 @@
 #include "pathline/plot/plot.hpp"
 
 namespace fs = std::filesystem;
-namespace plot = pathline::plot;
 using pathline::Image;
+
+// The plot functions return the encoded picture; these write it with the engine's atomic write,
+// as the engine's run jobs do.
+namespace plot {
+using pathline::plot::Axes;
+using pathline::plot::Points;
+using pathline::plot::Series;
+void scatter(const fs::path& file, const Points& reference, const Points& generated,
+             const std::string& title) {
+  pathline::write_file_atomic(file, pathline::plot::scatter(file, reference, generated, title));
+}
+void pathlines(const fs::path& file, const std::vector<Points>& states, const Points& reference,
+               const std::string& title) {
+  pathline::write_file_atomic(file, pathline::plot::pathlines(file, states, reference, title));
+}
+void line_chart(const fs::path& file, const Axes& axes, const std::vector<Series>& series) {
+  pathline::write_file_atomic(file, pathline::plot::line_chart(file, axes, series));
+}
+void bar_chart(const fs::path& file, const Axes& axes, const std::vector<std::string>& labels,
+               const std::vector<double>& values) {
+  pathline::write_file_atomic(file, pathline::plot::bar_chart(file, axes, labels, values));
+}
+}  // namespace plot
 
 namespace {
 

@@ -8,7 +8,7 @@ packages=(
   libtorch-dev libopenblas0-openmp
   libboost-dev libboost-program-options-dev
   libtomlplusplus-dev libfmt-dev libgtest-dev
-  zlib1g-dev python3-numpy
+  python3-numpy clang-format
   libstb-dev libcairo2-dev fonts-dejavu-core nlohmann-json3-dev
 )
 

@@ -1,8 +1,8 @@
 #include "pathline/engine/build.hpp"
 
-#include <thread>
-
 #include <fmt/format.h>
+
+#include <thread>
 
 #include "pathline/engine/random.hpp"
 
@@ -24,7 +24,8 @@ namespace {
 
 // Builds one slot, naming the slot and the type in any error the component throws.
 template <class Interface>
-std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry& registry, BuildContext& ctx) {
+std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry& registry,
+                                      BuildContext& ctx) {
   ctx.slot = cc.slot;
   try {
     return registry.create<Interface>(cc.type, cc.params, ctx);
@@ -39,18 +40,21 @@ void check_labels(const PipelineConfig& config, const DataInfo& data, const std:
   const auto& labels = sp.int_list("labels");
   if (!data.labelled()) {
     if (guidance != 1.0)
-      throw InputError(fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
-                                   "set guidance_scale = 1 or use a labelled data set",
-                                   guidance, dataset_type));
+      throw InputError(
+          fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
+                      "set guidance_scale = 1 or use a labelled data set",
+                      guidance, dataset_type));
     if (!labels.empty())
-      throw InputError(fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
+      throw InputError(
+          fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
     return;
   }
   for (std::int64_t label : labels)
     if (label != kNullLabel && (label < 0 || label >= data.num_classes))
-      throw InputError(fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
-                                   "unconditional samples)",
-                                   label, dataset_type, data.num_classes - 1));
+      throw InputError(
+          fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
+                      "unconditional samples)",
+                      label, dataset_type, data.num_classes - 1));
 }
 
 }  // namespace
@@ -58,7 +62,8 @@ void check_labels(const PipelineConfig& config, const DataInfo& data, const std:
 Components build_components(const PipelineConfig& config, const Registry& registry) {
   Components c;
   BuildContext& ctx = c.context;
-  ctx.device = config.table("run").string("device") == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  ctx.device = config.table("run").string("device") == "cuda" ? torch::Device(torch::kCUDA)
+                                                              : torch::Device(torch::kCPU);
   ctx.seed = static_cast<std::uint64_t>(config.table("run").integer("seed"));
   // Parameter initialisation draws from LibTorch's global generator.
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));
@@ -74,9 +79,10 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   const ComponentConfig& source = config.component("source");
   c.source = build_slot<Dataset>(source, registry, ctx);
   if (auto shape = c.source->info().shape; shape != ctx.data.shape)
-    throw InputError(fmt::format("[source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
-                                 "a flow maps between spaces of the same shape",
-                                 source.type, shape_text(shape), dataset.type, shape_text(ctx.data.shape)));
+    throw InputError(
+        fmt::format("[source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
+                    "a flow maps between spaces of the same shape",
+                    source.type, shape_text(shape), dataset.type, shape_text(ctx.data.shape)));
 
   c.path = build_slot<Path>(config.component("path"), registry, ctx);
   ctx.path = c.path;

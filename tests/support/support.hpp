@@ -1,14 +1,14 @@
 // Shared helpers for the test suites.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "pathline/engine/host.hpp"
 
@@ -50,7 +50,8 @@ class TempDir {
  public:
   TempDir() {
     std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("pathline-test-" + std::to_string(rd()) + std::to_string(rd()));
+    path_ = std::filesystem::temp_directory_path() /
+            ("pathline-test-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
   ~TempDir() {
@@ -83,9 +84,11 @@ struct CliResult {
 };
 
 // `cwd`, if given, is the working directory; `env` is prepended (e.g. "PATHLINE_PLUGIN_PATH=/x").
-inline CliResult run_cli(const std::string& args, const std::filesystem::path& cwd = {}, const std::string& env = "") {
+inline CliResult run_cli(const std::string& args, const std::filesystem::path& cwd = {},
+                         const std::string& env = "") {
   TempDir capture;
-  std::string command = (cwd.empty() ? "" : "cd '" + cwd.string() + "' && ") + env + (env.empty() ? "" : " ") + "'" + std::string(PATHLINE_CLI) + "' " + args + " >'" +
+  std::string command = (cwd.empty() ? "" : "cd '" + cwd.string() + "' && ") + env +
+                        (env.empty() ? "" : " ") + "'" + std::string(PATHLINE_CLI) + "' " + args + " >'" +
                         (capture / "out").string() + "' 2>'" + (capture / "err").string() + "'";
   int status = std::system(command.c_str());
   CliResult result;

@@ -1,14 +1,14 @@
 // The `pathline` command line: plugins, inspect, validate, run, train, sample.
 // Exit codes: 0 success, 2 bad usage or invalid config, 1 failure while running.
 // Results go to stdout; messages, progress and errors go to stderr.
+#include <fmt/format.h>
+
+#include <boost/program_options.hpp>
 #include <cstdlib>
 #include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <boost/program_options.hpp>
-#include <fmt/format.h>
 
 #include "pathline/engine/config.hpp"
 #include "pathline/engine/host.hpp"
@@ -29,7 +29,8 @@ struct UsageError : std::runtime_error {
 const char* kCommands =
     "Commands:\n"
     "  plugins              list loaded plugins and their components\n"
-    "  inspect KIND NAME    show a component's parameters (also KIND.NAME, or an engine table: run, train, sample, eval)\n"
+    "  inspect KIND NAME    show a component's parameters (also KIND.NAME, or an engine table: run, train, "
+    "sample, eval)\n"
     "  validate CONFIG      check a pipeline config and report every problem\n"
     "  run CONFIG           train, sample and evaluate; writes a run directory\n"
     "  train CONFIG         train only; writes a run directory with the weights\n"
@@ -59,7 +60,8 @@ struct Session {
 
 // Parses a subcommand's options; returns nullopt when --help was printed.
 std::optional<po::variables_map> parse(const std::string& command, const std::vector<std::string>& args,
-                                       po::options_description options, const po::positional_options_description& positional,
+                                       po::options_description options,
+                                       const po::positional_options_description& positional,
                                        const std::string& usage) {
   options.add(common_options());
   po::variables_map vm;
@@ -112,8 +114,8 @@ int cmd_plugins(const std::vector<std::string>& args) {
     auto entries = s.registry.list(kind);
     if (entries.empty()) std::cout << "  (none)\n";
     for (const auto* e : entries)
-      std::cout << fmt::format("  {:<18} {:<52} [{} {}]\n", e->decl.name, e->decl.doc, e->plugin ? e->plugin->name : "host",
-                               e->plugin ? e->plugin->version : "");
+      std::cout << fmt::format("  {:<18} {:<52} [{} {}]\n", e->decl.name, e->decl.doc,
+                               e->plugin ? e->plugin->name : "host", e->plugin ? e->plugin->version : "");
   }
   if (!s.host.failures().empty()) {
     std::cout << "\nFailed to load:\n";
@@ -145,22 +147,26 @@ void print_params(const std::vector<ParamSpec>& specs) {
 
 int cmd_inspect(const std::vector<std::string>& args) {
   po::options_description options("Options");
-  options.add_options()("what", po::value<std::vector<std::string>>(), "KIND NAME, KIND.NAME or an engine table");
+  options.add_options()("what", po::value<std::vector<std::string>>(),
+                        "KIND NAME, KIND.NAME or an engine table");
   po::positional_options_description positional;
   positional.add("what", -1);
   auto vm = parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval");
   if (!vm) return kOk;
-  std::vector<std::string> what = vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  std::vector<std::string> what =
+      vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (what.size() == 1 && what[0].find('.') != std::string::npos) {
     auto dot = what[0].find('.');
     what = {what[0].substr(0, dot), what[0].substr(dot + 1)};
   }
-  if (what.size() == 1 && std::find(kEngineTables.begin(), kEngineTables.end(), what[0]) != kEngineTables.end()) {
+  if (what.size() == 1 &&
+      std::find(kEngineTables.begin(), kEngineTables.end(), what[0]) != kEngineTables.end()) {
     std::cout << "[" << what[0] << "] (engine table)\n\nParameters:\n";
     print_params(engine_table_specs(what[0]));
     return kOk;
   }
-  if (what.size() != 2) throw UsageError("expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME or an engine table");
+  if (what.size() != 2)
+    throw UsageError("expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME or an engine table");
   auto kind = kind_from_string(what[0]);
   // A slot's name works too: `inspect source gaussian` is `inspect dataset gaussian`.
   if (!kind)
@@ -211,7 +217,8 @@ int cmd_validate(const std::vector<std::string>& args) {
   options.add_options()("config", po::value<std::string>(), "pipeline TOML file")(
       "print", "print the resolved config (every default filled in) to stdout");
   add_set_option(options);
-  auto vm = parse("validate", args, options, single_positional("config"), "CONFIG [--set key=value ...] [--print]");
+  auto vm =
+      parse("validate", args, options, single_positional("config"), "CONFIG [--set key=value ...] [--print]");
   if (!vm) return kOk;
   std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
   Session s;
@@ -252,7 +259,8 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
 
 int cmd_sample(const std::vector<std::string>& args) {
   po::options_description options("Options");
-  options.add_options()("run", po::value<std::string>(), "a run directory made by 'pathline run' or 'pathline train'")(
+  options.add_options()("run", po::value<std::string>(),
+                        "a run directory made by 'pathline run' or 'pathline train'")(
       "out", po::value<std::string>(), "write here (default: a new RUN_DIR/sample-<solver>)");
   add_set_option(options);
   auto vm = parse("sample", args, options, single_positional("run"),
@@ -275,9 +283,10 @@ int cmd_sample(const std::vector<std::string>& args) {
 int dispatch(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    std::cout << "Usage: pathline [--version] [--help] COMMAND [ARGS]\n\n"
-                 "Pathline trains and samples flow-matching models from TOML pipelines whose parts are plugins.\n\n"
-              << kCommands;
+    std::cout
+        << "Usage: pathline [--version] [--help] COMMAND [ARGS]\n\n"
+           "Pathline trains and samples flow-matching models from TOML pipelines whose parts are plugins.\n\n"
+        << kCommands;
     return args.empty() ? kUsage : kOk;
   }
   if (args[0] == "--version" || args[0] == "-V") {

@@ -5,12 +5,8 @@
 
 #include <cairo-svg.h>
 #include <cairo.h>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -65,7 +61,7 @@ void set_colour(cairo_t* cr, const Colour& c, double alpha = 1.0) {
 bool finite(double x, double y) { return std::isfinite(x) && std::isfinite(y); }
 
 // ------------------------------------------------------------------------------------------------
-// Files: the figure's surface by extension, written atomically
+// Formats: the figure's surface by extension
 
 enum class Format { png, svg };
 
@@ -78,41 +74,13 @@ Format format_of(const fs::path& file) {
                  "': name the file .png or .svg");
 }
 
-// A temporary file beside `file`, fsync'd and renamed over it, so that a reader sees the old
-// picture or the new one, never half of one. This is the engine's write_file_atomic in small: the
-// plot library links neither the engine nor LibTorch, so that tools can draw without them.
-void write_atomically(const fs::path& file, const std::string& bytes) {
-  static std::atomic<unsigned long> counter{0};
-  const fs::path folder = file.parent_path().empty() ? fs::path(".") : file.parent_path();
-  const fs::path tmp = folder / ("." + file.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
-                                 std::to_string(counter++));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) fail(file, std::string("cannot write: ") + std::strerror(errno));
-  std::size_t done = 0;
-  int err = 0;
-  while (done < bytes.size() && err == 0) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n >= 0)
-      done += static_cast<std::size_t>(n);
-    else if (errno != EINTR)
-      err = errno;
-  }
-  if (err == 0 && ::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
-  if (err == 0 && ::rename(tmp.c_str(), file.c_str()) != 0) err = errno;
-  if (err != 0) {
-    ::unlink(tmp.c_str());
-    fail(file, std::string("cannot write: ") + std::strerror(err));
-  }
-}
-
 cairo_status_t append_bytes(void* closure, const unsigned char* data, unsigned int length) {
   static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), length);
   return CAIRO_STATUS_SUCCESS;
 }
 
 // A page of width x height points on the surface the file's extension asks for. Drawing happens in
-// points; save() encodes the picture in memory and writes it atomically.
+// points; encode() returns the picture's bytes (the caller writes them: the engine's one atomic write).
 class Figure {
  public:
   Figure(const fs::path& file, double width, double height)
@@ -153,7 +121,7 @@ class Figure {
   double width() const { return width_; }
   double height() const { return height_; }
 
-  void save() {
+  std::string encode() {
     check("cannot draw the picture");
     if (format_ == Format::svg) {
       cairo_surface_finish(surface_);  // flushes the SVG document into bytes_
@@ -165,7 +133,7 @@ class Figure {
     if (cairo_surface_status(surface_) != CAIRO_STATUS_SUCCESS)
       fail(file_, std::string("cannot encode the picture: ") +
                       cairo_status_to_string(cairo_surface_status(surface_)));
-    write_atomically(file_, bytes_);
+    return std::move(bytes_);
   }
 
  private:
@@ -681,8 +649,8 @@ std::string value_label(double v) {
 // ------------------------------------------------------------------------------------------------
 // The plots
 
-void scatter(const fs::path& file, const Points& reference, const Points& generated,
-             const std::string& title) {
+std::string scatter(const fs::path& file, const Points& reference, const Points& generated,
+                    const std::string& title) {
   Figure figure(file, kSquareSize, kSquareSize);
   cairo_t* cr = figure.cr();
   const auto data = finite_points(file, reference, "the reference points");
@@ -705,11 +673,11 @@ void scatter(const fs::path& file, const Points& reference, const Points& genera
               {{count_label("data", data.size()), kReference, false, true, 4},
                {count_label("samples", samples.size()), kBlue, false, true, 4}},
               page);
-  figure.save();
+  return figure.encode();
 }
 
-void pathlines(const fs::path& file, const std::vector<Points>& states, const Points& reference,
-               const std::string& title) {
+std::string pathlines(const fs::path& file, const std::vector<Points>& states, const Points& reference,
+                      const std::string& title) {
   Figure figure(file, kSquareSize, kSquareSize);
   cairo_t* cr = figure.cr();
   const std::size_t values = states.empty() ? 0 : states.front().size();
@@ -794,10 +762,10 @@ void pathlines(const fs::path& file, const std::vector<Points>& states, const Po
                                      {"start (t = 0)", kInk, false, true, 2.2},
                                      {"end (t = 1)", kBlue, true, true, 3.5, true}};
   draw_legend(cr, f, legend, page);
-  figure.save();
+  return figure.encode();
 }
 
-void line_chart(const fs::path& file, const Axes& axes, const std::vector<Series>& series) {
+std::string line_chart(const fs::path& file, const Axes& axes, const std::vector<Series>& series) {
   Figure figure(file, kChartWidth, kChartHeight);
   cairo_t* cr = figure.cr();
   Range x, y;
@@ -865,11 +833,11 @@ void line_chart(const fs::path& file, const Axes& axes, const std::vector<Series
   cairo_restore(cr);
   draw_axes(cr, f, spec, figure.width());
   draw_legend(cr, f, legend, page);
-  figure.save();
+  return figure.encode();
 }
 
-void bar_chart(const fs::path& file, const Axes& axes, const std::vector<std::string>& labels,
-               const std::vector<double>& values) {
+std::string bar_chart(const fs::path& file, const Axes& axes, const std::vector<std::string>& labels,
+                      const std::vector<double>& values) {
   if (labels.size() != values.size())
     fail(file, "a bar chart needs one value per label: " + std::to_string(labels.size()) + " labels, " +
                    std::to_string(values.size()) + " values");
@@ -944,7 +912,7 @@ void bar_chart(const fs::path& file, const Axes& axes, const std::vector<std::st
       draw_text(cr, cx, f.bottom + 7, labels[i], kTickSize, HAlign::centre, VAlign::top);
     }
   }
-  figure.save();
+  return figure.encode();
 }
 
 }  // namespace pathline::plot

@@ -13,12 +13,14 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
   if (reference_n == 0) reference_n = n;
   // One reference draw for every metric, from its own stream: changing the metrics never changes
   // what each one is compared with.
-  at::Generator gen = make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::eval);
+  at::Generator gen =
+      make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::eval);
   Batch reference = c.dataset->sample(reference_n, gen);
 
   c10::InferenceMode inference;
   const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
-  ModelField field(*c.model, *c.path, *c.parameterization, rank, config.table("sample").real("guidance_scale"));
+  ModelField field(*c.model, *c.path, *c.parameterization, rank,
+                   config.table("sample").real("guidance_scale"));
   for (auto& m : c.metrics) {
     const std::int64_t used = m.samples > 0 ? std::min(m.samples, n) : n;
     MetricInput input;

@@ -1,12 +1,11 @@
 #include "pathline/engine/host.hpp"
 
 #include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
-
-#include <boost/dll/runtime_symbol_info.hpp>
-#include <boost/dll/shared_library.hpp>
 
 namespace pathline {
 
@@ -21,9 +20,8 @@ void Registry::add(ComponentEntry entry) {
     std::string where = owner ? "plugin '" + owner->name + "'" +
                                     (owner->file.empty() ? "" : " (" + owner->file.string() + ")")
                               : "the host";
-    throw PluginError(std::string("expected unique component names, found ") +
-                      to_string(entry.kind) + " '" + entry.decl.name +
-                      "' already registered by " + where);
+    throw PluginError(std::string("expected unique component names, found ") + to_string(entry.kind) + " '" +
+                      entry.decl.name + "' already registered by " + where);
   }
   entries_.emplace(std::move(key), std::move(entry));
 }
@@ -47,7 +45,8 @@ std::vector<std::string> Registry::names(Kind kind) const {
 }
 
 void StagingRegistrar::stage(Kind kind, ComponentDecl decl, ErasedFactory factory) {
-  if (decl.name.empty()) throw PluginError(std::string("a ") + to_string(kind) + " was registered without a name");
+  if (decl.name.empty())
+    throw PluginError(std::string("a ") + to_string(kind) + " was registered without a name");
   staged_.push_back(ComponentEntry{kind, std::move(decl), plugin_, std::move(factory)});
 }
 
@@ -97,8 +96,7 @@ bool PluginHost::load_file(const std::filesystem::path& file, const std::string&
   std::error_code ec;
   auto canonical = std::filesystem::weakly_canonical(file, ec);
   if (ec) canonical = file;
-  if (std::find(loaded_files_.begin(), loaded_files_.end(), canonical) != loaded_files_.end())
-    return true;
+  if (std::find(loaded_files_.begin(), loaded_files_.end(), canonical) != loaded_files_.end()) return true;
 
   boost::dll::shared_library library;
   try {
@@ -127,10 +125,11 @@ bool PluginHost::load_file(const std::filesystem::path& file, const std::string&
     return false;
   }
   if (!descriptor.name || !*descriptor.name || !descriptor.version || !descriptor.register_components) {
-    fail(canonical, "descriptor", "expected a name, a version and a registration function, found " +
-                                      std::string(!descriptor.name || !*descriptor.name ? "no name"
-                                                  : !descriptor.version ? "no version"
-                                                                        : "no registration function"));
+    fail(canonical, "descriptor",
+         "expected a name, a version and a registration function, found " +
+             std::string(!descriptor.name || !*descriptor.name ? "no name"
+                         : !descriptor.version                 ? "no version"
+                                                               : "no registration function"));
     return false;
   }
   if (!descriptor.torch_version || std::strcmp(descriptor.torch_version, TORCH_VERSION) != 0) {
@@ -151,8 +150,7 @@ bool PluginHost::load_file(const std::filesystem::path& file, const std::string&
   StagingRegistrar staging(info);
   try {
     descriptor.register_components(staging);
-    if (staging.staged() == 0)
-      throw PluginError("expected at least one component, found none registered");
+    if (staging.staged() == 0) throw PluginError("expected at least one component, found none registered");
     staging.commit(registry_);
   } catch (const std::exception& e) {
     fail(canonical, "register", std::string(e.what()) + " (plugin '" + descriptor.name + "')");
@@ -173,8 +171,9 @@ bool PluginHost::load_file(const std::filesystem::path& file, const std::string&
 void PluginHost::load_directory(const std::filesystem::path& dir, const std::string& origin) {
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {
-    fail(dir, "search", "expected a directory of plugins, found " +
-                            std::string(std::filesystem::exists(dir, ec) ? "a file" : "nothing"));
+    fail(dir, "search",
+         "expected a directory of plugins, found " +
+             std::string(std::filesystem::exists(dir, ec) ? "a file" : "nothing"));
     return;
   }
   std::vector<std::filesystem::path> files;

@@ -1,10 +1,10 @@
-#include "pathline/engine/run.hpp"
+#include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
-#include <fmt/format.h>
 
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
+#include "pathline/engine/run.hpp"
 #include "pathline/plot/plot.hpp"
 
 namespace pathline {
@@ -12,7 +12,8 @@ namespace pathline {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::path>& explicit_dir, bool overwrite) {
+fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::path>& explicit_dir,
+                        bool overwrite) {
   std::error_code ec;
   auto is_empty_or_missing = [&](const fs::path& p) {
     return !fs::exists(p, ec) || (fs::is_directory(p, ec) && fs::is_empty(p, ec));
@@ -21,7 +22,8 @@ fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::pa
   if (explicit_dir) {
     dir = *explicit_dir;
     if (!is_empty_or_missing(dir) && !overwrite)
-      throw InputError(dir.string() + ": the run directory exists and is not empty; pass --overwrite to replace it");
+      throw InputError(dir.string() +
+                       ": the run directory exists and is not empty; pass --overwrite to replace it");
   } else {
     const Params& run = config.table("run");
     std::string name = run.string("name");
@@ -29,7 +31,8 @@ fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::pa
     if (name.empty()) name = "run";
     fs::path base = fs::path(run.string("dir")) / name;
     dir = base;
-    for (int i = 2; !overwrite && !is_empty_or_missing(dir); ++i) dir = base.string() + "-" + std::to_string(i);
+    for (int i = 2; !overwrite && !is_empty_or_missing(dir); ++i)
+      dir = base.string() + "-" + std::to_string(i);
   }
   if (overwrite && fs::exists(dir, ec)) {
     if (!fs::is_directory(dir, ec)) throw InputError(dir.string() + ": exists and is not a directory");
@@ -81,31 +84,43 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
     torch::Tensor images = s.samples;
     std::int64_t cols = std::min<std::int64_t>(10, images.size(0));
     if (s.labels.defined()) {
-      torch::Tensor order = std::get<1>(torch::sort(s.labels, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+      torch::Tensor order =
+          std::get<1>(torch::sort(s.labels, /*stable=*/true, /*dim=*/0, /*descending=*/false));
       images = images.index_select(0, order);
     }
     const double lo = std::isfinite(data.min_value) ? data.min_value : -1.0;
     const double hi = std::isfinite(data.max_value) ? data.max_value : 1.0;
-    write_png(dir / "samples.png", image_grid(images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols, lo, hi));
+    write_png(dir / "samples.png",
+              image_grid(images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols, lo, hi));
     if (s.trajectories.defined()) {
       // [steps + 1, K, C, H, W]: a row per sample, a column per time (at most 10 times).
-      const std::int64_t frames = s.trajectories.size(0), k = std::min<std::int64_t>(s.trajectories.size(1), 8);
-      torch::Tensor picked = torch::linspace(0, static_cast<double>(frames - 1), std::min<std::int64_t>(frames, 10)).round().to(torch::kInt64);
-      torch::Tensor grid = s.trajectories.index_select(0, picked).narrow(1, 0, k).transpose(0, 1).flatten(0, 1);
+      const std::int64_t frames = s.trajectories.size(0),
+                         k = std::min<std::int64_t>(s.trajectories.size(1), 8);
+      torch::Tensor picked =
+          torch::linspace(0, static_cast<double>(frames - 1), std::min<std::int64_t>(frames, 10))
+              .round()
+              .to(torch::kInt64);
+      torch::Tensor grid =
+          s.trajectories.index_select(0, picked).narrow(1, 0, k).transpose(0, 1).flatten(0, 1);
       write_png(dir / "trajectories.png", image_grid(grid, picked.size(0), lo, hi));
     }
     return;
   }
   if (data.shape.size() != 1 || data.shape[0] < 2) return;
   // 2D data (the first two coordinates of anything flat).
-  at::Generator gen = make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::plot);
+  at::Generator gen =
+      make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::plot);
   torch::Tensor reference = c.dataset->sample(std::min<std::int64_t>(s.samples.size(0), 20000), gen).x;
-  plot::scatter(dir / "samples.png", points_of(reference), points_of(s.samples),
-                fmt::format("{} samples, {} ({} NFE)", s.samples.size(0), config.component("solver").type, s.nfe));
+  write_file_atomic(dir / "samples.png",
+                    plot::scatter(dir / "samples.png", points_of(reference), points_of(s.samples),
+                                  fmt::format("{} samples, {} ({} NFE)", s.samples.size(0),
+                                              config.component("solver").type, s.nfe)));
   if (s.trajectories.defined()) {
     std::vector<plot::Points> states;
     for (std::int64_t i = 0; i < s.trajectories.size(0); ++i) states.push_back(points_of(s.trajectories[i]));
-    plot::pathlines(dir / "trajectories.png", states, points_of(reference), "pathlines from the source (t = 0) to the data (t = 1)");
+    write_file_atomic(dir / "trajectories.png",
+                      plot::pathlines(dir / "trajectories.png", states, points_of(reference),
+                                      "pathlines from the source (t = 0) to the data (t = 1)"));
   }
 }
 
@@ -123,7 +138,7 @@ void write_loss_curve(const fs::path& dir, const TrainResult& trained) {
   axes.x_label = "step";
   axes.y_label = "loss (mean over the logging window)";
   axes.log_y = true;
-  plot::line_chart(dir / "loss.png", axes, {series});
+  write_file_atomic(dir / "loss.png", plot::line_chart(dir / "loss.png", axes, {series}));
 }
 
 // "model: mlp, 198,402 parameters, 0.20 M multiply-accumulates per sample"
@@ -137,11 +152,13 @@ std::string describe_model(const PipelineConfig& config, const Components& c) {
 }
 
 json train_json(const TrainResult& trained) {
-  return {{"steps", trained.steps}, {"final_loss", number(trained.final_loss)}, {"seconds", number(trained.seconds)}};
+  return {{"steps", trained.steps},
+          {"final_loss", number(trained.final_loss)},
+          {"seconds", number(trained.seconds)}};
 }
 
-void write_outputs(const PipelineConfig& config, Components& c, const fs::path& dir, const TrainResult* trained,
-                   const Logger& log) {
+void write_outputs(const PipelineConfig& config, Components& c, const fs::path& dir,
+                   const TrainResult* trained, const Logger& log) {
   SampleResult s = sample(config, c);
   if (log)
     log(fmt::format("sample: {} samples, solver {} on the {} grid ({} NFE) in {:.2f}s", s.samples.size(0),
@@ -181,7 +198,8 @@ void write_outputs(const PipelineConfig& config, Components& c, const fs::path& 
 
 }  // namespace
 
-fs::path run_job(const PipelineConfig& config, const Registry& registry, const JobOptions& options, const Logger& log) {
+fs::path run_job(const PipelineConfig& config, const Registry& registry, const JobOptions& options,
+                 const Logger& log) {
   apply_thread_setting(config);
   Components c = build_components(config, registry);
   fs::path dir = create_run_dir(config, options.run_dir, options.overwrite);
@@ -199,8 +217,9 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   return dir;
 }
 
-fs::path sample_job(const fs::path& run_dir, const Registry& registry, const std::vector<std::string>& overrides,
-                    const std::optional<fs::path>& out_dir, const Logger& log) {
+fs::path sample_job(const fs::path& run_dir, const Registry& registry,
+                    const std::vector<std::string>& overrides, const std::optional<fs::path>& out_dir,
+                    const Logger& log) {
   std::error_code ec;
   if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
   ConfigOptions options;

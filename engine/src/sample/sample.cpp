@@ -1,8 +1,8 @@
 #include "pathline/engine/sample.hpp"
 
-#include <chrono>
-
 #include <fmt/format.h>
+
+#include <chrono>
 
 #include "pathline/engine/random.hpp"
 
@@ -10,7 +10,11 @@ namespace pathline {
 
 ModelField::ModelField(Model& model, const Path& path, const Parameterization& parameterization,
                        std::int64_t sample_rank, double guidance_scale)
-    : model_(model), path_(path), parameterization_(parameterization), rank_(sample_rank), guidance_(guidance_scale) {}
+    : model_(model),
+      path_(path),
+      parameterization_(parameterization),
+      rank_(sample_rank),
+      guidance_(guidance_scale) {}
 
 torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) {
   ++evaluations_;
@@ -22,8 +26,9 @@ torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) 
     out = model_.forward(x, torch::full({n}, t, x.options()), Condition{labels_});
   } else {
     // One forward over [x; x] with [labels; null]: the conditional and unconditional halves.
-    torch::Tensor both = model_.forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
-                                        Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
+    torch::Tensor both =
+        model_.forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
+                       Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
     torch::Tensor conditional = both.narrow(0, 0, n), unconditional = both.narrow(0, n, n);
     out = torch::lerp(unconditional, conditional, guidance_);
   }
@@ -41,7 +46,8 @@ std::vector<double> solver_times(const Components& c, double t0, double t1) {
   if (steps <= 0) return {t0, t1};
   std::vector<double> times = c.time_grid->times(steps, t0, t1, *c.path);
   if (times.size() != static_cast<std::size_t>(steps) + 1 || times.front() != t0 || times.back() != t1)
-    throw Error(fmt::format("time grid: asked for {} steps from {} to {}, got {} times{}", steps, t0, t1, times.size(),
+    throw Error(fmt::format("time grid: asked for {} steps from {} to {}, got {} times{}", steps, t0, t1,
+                            times.size(),
                             times.empty() ? "" : fmt::format(" from {} to {}", times.front(), times.back())));
   return times;
 }
@@ -60,7 +66,8 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
   const std::int64_t n = sp.integer("n");
   const std::int64_t batch = std::min(n, sp.integer("batch_size"));
   const std::int64_t traj_count = std::min(batch, sp.integer("trajectories"));
-  at::Generator gen = make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::sample);
+  at::Generator gen =
+      make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::sample);
 
   c10::InferenceMode inference;
   c.model->eval();
@@ -83,7 +90,8 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
     const std::int64_t size = std::min(batch, n - done);
     torch::Tensor x0 = c.source->sample(size, gen).x.to(c.context.device);
     if (prior_scale != 1.0) x0.mul_(prior_scale);
-    field.set_labels(result.labels.defined() ? result.labels.narrow(0, done, size).to(c.context.device) : torch::Tensor());
+    field.set_labels(result.labels.defined() ? result.labels.narrow(0, done, size).to(c.context.device)
+                                             : torch::Tensor());
     SolveRequest request;
     request.times = times;
     request.generator = &gen;

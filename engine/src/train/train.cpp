@@ -1,10 +1,10 @@
 #include "pathline/engine/train.hpp"
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cmath>
 #include <fstream>
-
-#include <fmt/format.h>
 
 #include "pathline/engine/random.hpp"
 
@@ -42,8 +42,8 @@ const std::map<std::string, LossWeighting>& loss_weightings() {
   static const std::map<std::string, LossWeighting> weightings = {
       {"none", [](const PathCoefficients&, const torch::Tensor&) { return torch::Tensor(); }},
       // 1 / sigma_t^2, capped at 1e4 where sigma_t -> 0.
-      {"sigma_sqrt",
-       [](const PathCoefficients& c, const torch::Tensor&) { return c.sigma.square().clamp_min(1e-4).reciprocal(); }},
+      {"sigma_sqrt", [](const PathCoefficients& c,
+                        const torch::Tensor&) { return c.sigma.square().clamp_min(1e-4).reciprocal(); }},
       // The density of cosmap time sampling, 2 / (pi (1 - 2 s + 2 s^2)).
       {"cosmap",
        [](const PathCoefficients& c, const torch::Tensor& t) {
@@ -58,7 +58,8 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
     : c_(components),
       model_(*components.model),
       params_(components.model->parameters()),
-      gen_(make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::train, rank)),
+      gen_(make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::train,
+                          rank)),
       schedule_(config.table("train")),
       batch_(config.table("train").integer("batch_size")),
       rank_(static_cast<std::int64_t>(components.data().shape.size()) + 1),
@@ -68,12 +69,13 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
   const Params& tp = config.table("train");
   const std::string& weighting = tp.string("loss_weighting");
   auto it = loss_weightings().find(weighting);
-  if (it == loss_weightings().end()) throw InputError("train.loss_weighting: unknown weighting '" + weighting + "'");
+  if (it == loss_weightings().end())
+    throw InputError("train.loss_weighting: unknown weighting '" + weighting + "'");
   weighting_ = it->second;
   const auto& betas = tp.real_list("betas");
-  optimizer_ = std::make_unique<torch::optim::AdamW>(
-      params_,
-      torch::optim::AdamWOptions(tp.real("lr")).betas({betas[0], betas[1]}).weight_decay(tp.real("weight_decay")));
+  optimizer_ = std::make_unique<torch::optim::AdamW>(params_, torch::optim::AdamWOptions(tp.real("lr"))
+                                                                  .betas({betas[0], betas[1]})
+                                                                  .weight_decay(tp.real("weight_decay")));
   if (ema_decay_ > 0) {
     torch::NoGradGuard no_grad;
     for (const auto& p : params_) ema_.push_back(p.detach().clone());
@@ -107,7 +109,8 @@ torch::Tensor Trainer::step() {
   torch::Tensor goal = c_.parameterization->target(source.x, target.x, coef);
   torch::Tensor output = model_.forward(x_t, t, condition);
   torch::Tensor weight = weighting_(coef, t);
-  torch::Tensor loss = weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
+  torch::Tensor loss =
+      weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
 
   for (auto& p : params_) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
   loss.backward();
@@ -130,7 +133,8 @@ void Trainer::copy_sampling_weights_to_model() {
 
 namespace {
 
-void write_state(torch::serialize::OutputArchive& archive, const std::string& key, const Dataset::State& state) {
+void write_state(torch::serialize::OutputArchive& archive, const std::string& key,
+                 const Dataset::State& state) {
   torch::serialize::OutputArchive sub;
   for (const auto& [name, tensor] : state) sub.write(name, tensor);
   archive.write(key, sub);
@@ -213,7 +217,8 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   }
 
   const auto start = Clock::now();
-  torch::Tensor window_loss = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(c.context.device));
+  torch::Tensor window_loss =
+      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(c.context.device));
   std::int64_t window = 0;
   for (std::int64_t step = 0; step < steps; ++step) {
     window_loss += trainer.step();
@@ -223,16 +228,18 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
       window_loss.zero_();
       window = 0;
       if (!std::isfinite(mean))
-        throw Error(fmt::format("training diverged at step {}: loss is {}; lower train.lr or set train.grad_clip",
-                                step + 1, mean));
+        throw Error(
+            fmt::format("training diverged at step {}: loss is {}; lower train.lr or set train.grad_clip",
+                        step + 1, mean));
       result.losses.push_back(mean);
       result.logged.push_back(step + 1);
       result.final_loss = mean;
       double elapsed = seconds_since(start);
-      if (csv.is_open()) csv << fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step), elapsed);
+      if (csv.is_open())
+        csv << fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step), elapsed);
       if (log && ((step + 1) % (log_every * 5) == 0 || step + 1 == steps))
-        log(fmt::format("step {:>6}/{}  loss {:.5f}  lr {:.2e}  {:.1f}s", step + 1, steps, mean, schedule.at(step),
-                        elapsed));
+        log(fmt::format("step {:>6}/{}  loss {:.5f}  lr {:.2e}  {:.1f}s", step + 1, steps, mean,
+                        schedule.at(step), elapsed));
     }
   }
   result.steps = steps;

@@ -1,9 +1,9 @@
 // Plugin ABI: the version number, the export macro and the descriptor every plugin exports.
 #pragma once
 
-#include <cstdint>
-
 #include <torch/version.h>
+
+#include <cstdint>
 
 // The SDK ABI version. Bump it whenever a change to any SDK header changes the layout or the
 // virtual interface of something that crosses the plugin boundary. The host refuses plugins whose
@@ -54,5 +54,4 @@ inline constexpr const char* kDescriptorSymbol = "pathline_plugin_descriptor";
 //   PATHLINE_PLUGIN("paths", "0.1.0", register_paths)
 #define PATHLINE_PLUGIN(NAME, VERSION, REGISTER_FN)                                      \
   extern "C" PATHLINE_API const ::pathline::PluginDescriptor pathline_plugin_descriptor{ \
-      PATHLINE_SDK_ABI_VERSION, NAME, VERSION, PATHLINE_TORCH_VERSION, PATHLINE_CXX11_ABI,  \
-      REGISTER_FN};
+      PATHLINE_SDK_ABI_VERSION, NAME, VERSION, PATHLINE_TORCH_VERSION, PATHLINE_CXX11_ABI, REGISTER_FN};

@@ -2,6 +2,8 @@
 // batches and conditions, the build context and the declaration.
 #pragma once
 
+#include <torch/torch.h>
+
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -12,21 +14,19 @@
 #include <string>
 #include <vector>
 
-#include <torch/torch.h>
-
 #include "pathline/params.hpp"
 
 // The one table of kinds: X(name as written in configs, interface class). Adding a kind is one line
 // here plus its interface header; the enum, the names, the registrar and the registry follow.
-#define PATHLINE_KINDS(X)                    \
-  X(dataset, Dataset)                        \
-  X(path, Path)                              \
-  X(coupling, Coupling)                      \
-  X(time_sampler, TimeSampler)               \
-  X(parameterization, Parameterization)      \
-  X(model, Model)                            \
-  X(solver, Solver)                          \
-  X(time_grid, TimeGrid)                     \
+#define PATHLINE_KINDS(X)               \
+  X(dataset, Dataset)                   \
+  X(path, Path)                         \
+  X(coupling, Coupling)                 \
+  X(time_sampler, TimeSampler)          \
+  X(parameterization, Parameterization) \
+  X(model, Model)                       \
+  X(solver, Solver)                     \
+  X(time_grid, TimeGrid)                \
   X(metric, Metric)
 
 namespace pathline {
@@ -75,8 +75,8 @@ inline constexpr std::int64_t kNullLabel = -1;
 
 // What the engine knows about a data set, handed to every component when it is built.
 struct DataInfo {
-  std::vector<std::int64_t> shape;  // one sample, without the batch dimension: {2}, {1, 28, 28}
-  std::int64_t num_classes = 0;     // 0: unlabelled; otherwise labels are 0 .. num_classes - 1
+  std::vector<std::int64_t> shape;       // one sample, without the batch dimension: {2}, {1, 28, 28}
+  std::int64_t num_classes = 0;          // 0: unlabelled; otherwise labels are 0 .. num_classes - 1
   std::vector<std::string> class_names;  // empty, or num_classes names
   // The range of the values (images: -1 and 1); infinite where unbounded.
   double min_value = -std::numeric_limits<double>::infinity();

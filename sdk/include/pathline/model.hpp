@@ -10,7 +10,8 @@ class PATHLINE_API Model : public torch::nn::Module {
  public:
   // x: [B, *shape], t: [B] in [0, 1], condition.labels: [B] (kNullLabel: unconditional) or
   // undefined. Returns [B, *shape].
-  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const Condition& condition) = 0;
+  virtual torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t,
+                                const Condition& condition) = 0;
   // Models with nothing to learn (an exact field, say) return false; the engine then skips
   // training and checkpoints.
   virtual bool trainable() const { return true; }

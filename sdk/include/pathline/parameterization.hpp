@@ -12,10 +12,14 @@ enum class Quantity { velocity, noise, data, score };
 
 inline const char* to_string(Quantity q) {
   switch (q) {
-    case Quantity::velocity: return "velocity";
-    case Quantity::noise: return "noise";
-    case Quantity::data: return "data";
-    case Quantity::score: return "score";
+    case Quantity::velocity:
+      return "velocity";
+    case Quantity::noise:
+      return "noise";
+    case Quantity::data:
+      return "data";
+    case Quantity::score:
+      return "score";
   }
   return "?";
 }
@@ -67,18 +71,21 @@ inline torch::Tensor safe_divisor(const torch::Tensor& d, const torch::Tensor& s
 inline torch::Tensor quantity_from_pair(Quantity q, const torch::Tensor& x0, const torch::Tensor& x1,
                                         const PathCoefficients& c) {
   switch (q) {
-    case Quantity::velocity: return Path::conditional_velocity(c, x0, x1);
-    case Quantity::noise: return x0;
-    case Quantity::data: return x1;
+    case Quantity::velocity:
+      return Path::conditional_velocity(c, x0, x1);
+    case Quantity::noise:
+      return x0;
+    case Quantity::data:
+      return x1;
     // Score of the conditional Gaussian N(alpha x1, sigma^2 I) at x_t: -(x_t - alpha x1) / sigma^2.
-    case Quantity::score: return -x0 / safe_divisor(c.sigma);
+    case Quantity::score:
+      return -x0 / safe_divisor(c.sigma);
   }
   throw Error("unknown quantity");
 }
 
 // The pair (x0_hat, x1_hat) implied by a prediction of `q` at x_t.
-inline std::pair<torch::Tensor, torch::Tensor> pair_from_quantity(Quantity q,
-                                                                  const torch::Tensor& pred,
+inline std::pair<torch::Tensor, torch::Tensor> pair_from_quantity(Quantity q, const torch::Tensor& pred,
                                                                   const torch::Tensor& x_t,
                                                                   const PathCoefficients& c) {
   switch (q) {
@@ -92,8 +99,10 @@ inline std::pair<torch::Tensor, torch::Tensor> pair_from_quantity(Quantity q,
       auto x0 = (c.alpha * pred - c.d_alpha * x_t) / det;
       return {x0, x1};
     }
-    case Quantity::noise: return {pred, (x_t - c.sigma * pred) / safe_divisor(c.alpha)};
-    case Quantity::data: return {(x_t - c.alpha * pred) / safe_divisor(c.sigma), pred};
+    case Quantity::noise:
+      return {pred, (x_t - c.sigma * pred) / safe_divisor(c.alpha)};
+    case Quantity::data:
+      return {(x_t - c.alpha * pred) / safe_divisor(c.sigma), pred};
     case Quantity::score: {
       auto x0 = -c.sigma * pred;
       return {x0, (x_t - c.sigma * x0) / safe_divisor(c.alpha)};

@@ -21,14 +21,22 @@ enum class ParamType { boolean, integer, real, string, choice, real_list, int_li
 
 inline const char* to_string(ParamType type) {
   switch (type) {
-    case ParamType::boolean: return "bool";
-    case ParamType::integer: return "integer";
-    case ParamType::real: return "float";
-    case ParamType::string: return "string";
-    case ParamType::choice: return "choice";
-    case ParamType::real_list: return "list of numbers";
-    case ParamType::int_list: return "list of integers";
-    case ParamType::string_list: return "list of strings";
+    case ParamType::boolean:
+      return "bool";
+    case ParamType::integer:
+      return "integer";
+    case ParamType::real:
+      return "float";
+    case ParamType::string:
+      return "string";
+    case ParamType::choice:
+      return "choice";
+    case ParamType::real_list:
+      return "list of numbers";
+    case ParamType::int_list:
+      return "list of integers";
+    case ParamType::string_list:
+      return "list of strings";
   }
   return "?";
 }
@@ -51,7 +59,7 @@ struct PATHLINE_API ParamSpec {
   std::vector<std::string> choices;
   std::optional<std::size_t> list_size;      // for lists: exact length
   std::optional<std::size_t> list_min_size;  // for lists: at least this many elements
-  std::optional<std::int64_t> multiple;  // for ParamType::integer: must be a multiple of this
+  std::optional<std::int64_t> multiple;      // for ParamType::integer: must be a multiple of this
 
   static ParamSpec boolean(std::string name, bool value, std::string doc) {
     return make(std::move(name), ParamType::boolean, value, std::move(doc));
@@ -201,7 +209,9 @@ struct FormatValueVisitor {
 }  // namespace detail
 
 // Renders a value the way it would be written in TOML.
-inline std::string format_value(const ParamValue& value) { return std::visit(detail::FormatValueVisitor{}, value); }
+inline std::string format_value(const ParamValue& value) {
+  return std::visit(detail::FormatValueVisitor{}, value);
+}
 
 // The resolved parameters of one component: every declared key present, defaults filled in, all
 // validated. Components read them once, in their constructor.
@@ -218,9 +228,7 @@ class PATHLINE_API Params {
     return get<double>(key);
   }
   const std::string& string(const std::string& key) const { return get<std::string>(key); }
-  const std::vector<double>& real_list(const std::string& key) const {
-    return get<std::vector<double>>(key);
-  }
+  const std::vector<double>& real_list(const std::string& key) const { return get<std::vector<double>>(key); }
   const std::vector<std::int64_t>& int_list(const std::string& key) const {
     return get<std::vector<std::int64_t>>(key);
   }

@@ -17,9 +17,9 @@ namespace pathline {
 // The kind of an interface, from the table in component.hpp.
 template <class Interface>
 struct KindOf;
-#define PATHLINE_KIND_OF(name, Interface) \
-  template <>                             \
-  struct KindOf<Interface> {              \
+#define PATHLINE_KIND_OF(name, Interface)     \
+  template <>                                 \
+  struct KindOf<Interface> {                  \
     static constexpr Kind value = Kind::name; \
   };
 PATHLINE_KINDS(PATHLINE_KIND_OF)
@@ -37,10 +37,11 @@ class PATHLINE_API Registrar {
   // registrar.add<Path>({"linear", "x_t = t x1 + (1 - t) x0", {}}, factory)
   template <class Interface>
   void add(ComponentDecl decl, Factory<Interface> factory) {
-    add_component(KindOf<Interface>::value, std::move(decl),
-                  [factory = std::move(factory)](const Params& p, const BuildContext& ctx) -> std::shared_ptr<void> {
-                    return std::shared_ptr<Interface>(factory(p, ctx));
-                  });
+    add_component(
+        KindOf<Interface>::value, std::move(decl),
+        [factory = std::move(factory)](const Params& p, const BuildContext& ctx) -> std::shared_ptr<void> {
+          return std::shared_ptr<Interface>(factory(p, ctx));
+        });
   }
 
   // registrar.add_type<Interface, Concrete>(decl): Concrete(const Params&, const BuildContext&).

@@ -55,7 +55,8 @@ class PATHLINE_API FixedStepSolver : public Solver {
   explicit FixedStepSolver(const Params& p) : steps_(p.integer("steps")) {}
 
   static ParamSpec steps_param(std::int64_t default_steps) {
-    return ParamSpec::integer("steps", default_steps, "number of steps of the engine's time grid").at_least(1);
+    return ParamSpec::integer("steps", default_steps, "number of steps of the engine's time grid")
+        .at_least(1);
   }
 
   std::int64_t grid_steps() const override { return steps_; }

@@ -10,7 +10,7 @@
 namespace pathline {
 
 struct BuiltMetric {
-  std::string name;          // unique within the pipeline (ComponentConfig::name)
+  std::string name;  // unique within the pipeline (ComponentConfig::name)
   std::string type;
   std::int64_t samples = 0;  // generated samples it judges; 0: all
   std::shared_ptr<Metric> metric;

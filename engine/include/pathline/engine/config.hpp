@@ -55,10 +55,10 @@ inline const std::vector<std::string> kEngineTables = {"run", "train", "sample",
 PATHLINE_API const std::vector<ParamSpec>& engine_table_specs(const std::string& table);
 
 struct PipelineConfig {
-  std::filesystem::path source;                      // the file it came from
-  std::map<std::string, ComponentConfig> components;  // every single slot, by table name
+  std::filesystem::path source;                               // the file it came from
+  std::map<std::string, ComponentConfig> components;          // every single slot, by table name
   std::map<std::string, std::vector<ComponentConfig>> lists;  // every `many` slot, by table name
-  std::map<std::string, Params> engine;              // "run", "train", "sample", "eval"
+  std::map<std::string, Params> engine;                       // "run", "train", "sample", "eval"
   // What validation did that the user may not expect (keys dropped by a --set X.type=...), one line
   // each; `pathline validate` prints them.
   std::vector<std::string> notes;

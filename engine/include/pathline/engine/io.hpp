@@ -1,12 +1,12 @@
 // Files: atomic writes, .npy arrays, images (through stb), image grids.
 #pragma once
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
-
-#include <torch/torch.h>
 
 #include "pathline/abi.hpp"
 
@@ -40,6 +40,7 @@ PATHLINE_API void write_png(const std::filesystem::path& file, const Image& imag
 
 // A grid of images: `images` is [N, C, H, W] (C 1 or 3) with values in [lo, hi], laid out `cols`
 // per row with `pad` pixels of background between them.
-PATHLINE_API Image image_grid(const torch::Tensor& images, std::int64_t cols, double lo, double hi, int pad = 2);
+PATHLINE_API Image image_grid(const torch::Tensor& images, std::int64_t cols, double lo, double hi,
+                              int pad = 2);
 
 }  // namespace pathline

@@ -3,9 +3,9 @@
 // makes two of them collide (as `seed * 4 + k` did for seeds 0 and 1).
 #pragma once
 
-#include <cstdint>
-
 #include <ATen/CPUGeneratorImpl.h>
+
+#include <cstdint>
 
 namespace pathline {
 

@@ -51,8 +51,8 @@ class PATHLINE_API Registry {
                                     const BuildContext& ctx) const {
     const ComponentEntry* entry = find(KindOf<Interface>::value, name);
     if (!entry)
-      throw InputError(std::string("no ") + to_string(KindOf<Interface>::value) + " named '" +
-                       name + "' is registered");
+      throw InputError(std::string("no ") + to_string(KindOf<Interface>::value) + " named '" + name +
+                       "' is registered");
     // The registrar's add<Interface> wrapped a shared_ptr<Interface>; the entry's kind says which.
     auto object = std::static_pointer_cast<Interface>(entry->factory(params, ctx));
     if (!object)

@@ -14,8 +14,8 @@ namespace pathline {
 // w = 1, or without labels, it is one plain conditional forward.
 class PATHLINE_API ModelField final : public VectorField {
  public:
-  ModelField(Model& model, const Path& path, const Parameterization& parameterization, std::int64_t sample_rank,
-             double guidance_scale = 1.0);
+  ModelField(Model& model, const Path& path, const Parameterization& parameterization,
+             std::int64_t sample_rank, double guidance_scale = 1.0);
 
   // The labels of the batch being integrated ([B] int64; undefined: unlabelled).
   void set_labels(torch::Tensor labels) { labels_ = std::move(labels); }
@@ -41,7 +41,8 @@ PATHLINE_API std::vector<double> solver_times(const Components& components, doub
 
 // The label each of n samples is asked for: [sample] labels in turn, or every class in turn when
 // that is empty; undefined for unlabelled data.
-PATHLINE_API torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data, std::int64_t n);
+PATHLINE_API torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data,
+                                           std::int64_t n);
 
 struct SampleResult {
   torch::Tensor samples;       // [n, *shape]

@@ -1,6 +1,8 @@
 // Pictures of runs and ablations, drawn with cairo: anti-aliased lines and markers, axes with
-// numbered ticks, titles and legends. The file's extension chooses the format (.png or .svg).
-// Nothing here knows LibTorch: callers pass plain numbers.
+// numbered ticks, titles and legends. Each function returns the encoded picture; `file` only
+// chooses the format by its extension (.png or .svg) and names the picture in errors. The caller
+// writes the bytes (the engine with its one atomic write, write_file_atomic). Nothing here knows
+// LibTorch: callers pass plain numbers.
 #pragma once
 
 #include <filesystem>
@@ -15,10 +17,10 @@ namespace pathline::plot {
 using Points = std::vector<double>;
 
 struct Series {
-  std::string label;       // the legend's text ("" for none)
+  std::string label;         // the legend's text ("" for none)
   std::vector<double> x, y;  // same length
-  bool markers = true;     // a marker at every point
-  bool lines = true;       // joined by a line
+  bool markers = true;       // a marker at every point
+  bool lines = true;         // joined by a line
 };
 
 struct Axes {
@@ -28,19 +30,21 @@ struct Axes {
 
 // Reference data in grey and generated samples in blue, one dot each, with a legend; the view fits
 // both (outliers beyond the 0.5% quantiles do not stretch it).
-PATHLINE_PLOT_API void scatter(const std::filesystem::path& file, const Points& reference, const Points& generated,
-                               const std::string& title);
+PATHLINE_PLOT_API std::string scatter(const std::filesystem::path& file, const Points& reference,
+                                      const Points& generated, const std::string& title);
 
 // Pathlines: states[k] holds the particles' positions at the k-th time (same count each), drawn as
 // polylines from the start (small marker) to the end (larger marker), over the data in light grey.
-PATHLINE_PLOT_API void pathlines(const std::filesystem::path& file, const std::vector<Points>& states,
-                                 const Points& reference, const std::string& title);
+PATHLINE_PLOT_API std::string pathlines(const std::filesystem::path& file, const std::vector<Points>& states,
+                                        const Points& reference, const std::string& title);
 
 // Lines (and markers) on numbered axes: loss curves, quality against NFE.
-PATHLINE_PLOT_API void line_chart(const std::filesystem::path& file, const Axes& axes, const std::vector<Series>& series);
+PATHLINE_PLOT_API std::string line_chart(const std::filesystem::path& file, const Axes& axes,
+                                         const std::vector<Series>& series);
 
 // One bar per label, the value written above it.
-PATHLINE_PLOT_API void bar_chart(const std::filesystem::path& file, const Axes& axes, const std::vector<std::string>& labels,
-                                 const std::vector<double>& values);
+PATHLINE_PLOT_API std::string bar_chart(const std::filesystem::path& file, const Axes& axes,
+                                        const std::vector<std::string>& labels,
+                                        const std::vector<double>& values);
 
 }  // namespace pathline::plot
