@@ -22,6 +22,7 @@
 
 #include "pathline/engine/io.hpp"
 #include "pathline/errors.hpp"
+#include "support/support.hpp"
 
 namespace fs = std::filesystem;
 using pathline::Image;
@@ -30,23 +31,7 @@ using pathline::InputError;
 namespace {
 
 // A fresh, empty folder per test, removed afterwards.
-class IoTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("pathline-test-io-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path path(const std::string& name) const { return dir_ / name; }
-
-  fs::path dir_;
-};
+class IoTest : public pathline::testing::FolderTest {};
 
 std::string read_bytes(const fs::path& file) {
   std::ifstream in(file, std::ios::binary);

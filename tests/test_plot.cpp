@@ -1,7 +1,6 @@
 // Tests of tools/plot: every chart writes a PNG that reads back (through the engine's stb reader)
 // with what it should show, and an SVG with real text; bad names and bad numbers never crash.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -16,6 +15,7 @@
 
 #include "pathline/engine/io.hpp"
 #include "pathline/plot/plot.hpp"
+#include "support/support.hpp"
 
 namespace fs = std::filesystem;
 using pathline::Image;
@@ -48,29 +48,14 @@ namespace {
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-class PlotTest : public ::testing::Test {
+class PlotTest : public pathline::testing::FolderTest {
  protected:
-  void SetUp() override {
-    static int counter = 0;
-    dir_ = fs::temp_directory_path() /
-           ("pathline-test-plot-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path path(const std::string& name) const { return dir_ / name; }
-
   std::vector<std::string> names() const {
     std::vector<std::string> out;
     for (const auto& entry : fs::directory_iterator(dir_)) out.push_back(entry.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
   }
-
-  fs::path dir_;
 };
 
 std::string read_bytes(const fs::path& file) {

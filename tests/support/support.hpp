@@ -65,6 +65,15 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// A fixture with a fresh empty folder per test, `dir_`, removed afterwards; path("x") is dir_ / "x".
+class FolderTest : public ::testing::Test {
+ protected:
+  std::filesystem::path path(const std::string& name) const { return dir_ / name; }
+
+  TempDir folder_;
+  const std::filesystem::path& dir_ = folder_.path();
+};
+
 inline std::string read_text(const std::filesystem::path& file) {
   std::ifstream in(file, std::ios::binary);
   std::stringstream buffer;
