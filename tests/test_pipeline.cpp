@@ -256,8 +256,12 @@ TEST(TrainStep, EmaIsTheExponentialAverageOfTheRawWeights) {
   for (int k = 0; k < 5; ++k) {
     trainer.step();
     auto raw = snapshot(*c.model);
-    for (std::size_t i = 0; i < ema.size(); ++i) ema[i] = 0.75 * ema[i] + 0.25 * raw[i];
+    // The warm-up: decay min(0.75, (1 + k) / (10 + k)) after step k.
+    const double decay = std::min(0.75, (1.0 + k) / (10.0 + k));
+    EXPECT_DOUBLE_EQ(trainer.ema_decay_at(k), decay);
+    for (std::size_t i = 0; i < ema.size(); ++i) ema[i] = decay * ema[i] + (1 - decay) * raw[i];
   }
+  EXPECT_DOUBLE_EQ(trainer.ema_decay_at(100), 0.75);
   auto raw = snapshot(*c.model);
   trainer.copy_sampling_weights_to_model();
   auto sampled = snapshot(*c.model);

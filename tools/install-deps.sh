@@ -10,6 +10,7 @@ packages=(
   libtomlplusplus-dev libfmt-dev libgtest-dev
   python3-numpy clang-format
   libstb-dev libcairo2-dev fonts-dejavu-core nlohmann-json3-dev
+  zlib1g-dev dataset-fashion-mnist
 )
 
 missing=()

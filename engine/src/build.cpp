@@ -1,5 +1,9 @@
 #include "pathline/engine/build.hpp"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <fmt/format.h>
 
 #include <thread>
@@ -18,6 +22,24 @@ void apply_thread_setting(const PipelineConfig& config) {
   std::int64_t threads = config.table("run").integer("threads");
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(static_cast<int>(threads));
+  keep_freed_memory();
+}
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  // A training step frees and reallocates the same few megabyte-sized activations thousands of
+  // times. By default glibc returns such blocks to the system (mmap/munmap, or trimming the heap's
+  // top) and the next step faults every page back in, zero-filled: measured here, that made a small
+  // CNN's step 3.5x slower. Serve blocks up to 32 MB from the heap, and keep up to 1 GB of freed
+  // top and 128 MB of slack instead of trimming.
+  static const bool once = [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    mallopt(M_TOP_PAD, 128 << 20);
+    return true;
+  }();
+  (void)once;
+#endif
 }
 
 namespace {

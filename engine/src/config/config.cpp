@@ -90,10 +90,17 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
                           "learning-rate schedule after warm-up (cosine decays to 0 at the last step)"),
         ParamSpec::integer("warmup_steps", 0, "linear learning-rate warm-up steps").at_least(0),
         ParamSpec::real("grad_clip", 0.0, "clip the gradient's global norm to this; 0 disables").at_least(0),
-        ParamSpec::real("ema_decay", 0.0,
-                        "exponential moving average of the weights used for sampling; 0 disables")
+        ParamSpec::real("ema_decay", 0.999,
+                        "exponential moving average of the weights, kept beside the raw ones (model-ema.pt) "
+                        "and used for sampling by default; 0 disables")
             .range(0, 1)
             .less_than(1),
+        ParamSpec::boolean("ema_warmup", true,
+                           "average with decay min(ema_decay, (1 + step) / (10 + step)), so that early "
+                           "steps do not weigh the initial weights in for thousands of steps"),
+        ParamSpec::choice("precision", {"fp32", "bf16"}, "fp32",
+                          "bf16: the forward pass under bfloat16 autocast (matrix products and "
+                          "convolutions in bfloat16, norms and the loss in float32)"),
         ParamSpec::choice("loss_weighting", {"none", "sigma_sqrt", "cosmap"}, "none",
                           "per-sample loss weight w(t) (Esser et al. 2024, SD3): none = 1, sigma_sqrt = 1 / "
                           "sigma_t^2, cosmap = 2 / (pi (1 - 2 s + 2 s^2)) with s = 1 - t"),
@@ -115,6 +122,12 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
             .range(0, 1)
             .less_than(1),
         ParamSpec::real("t_end", 1.0, "integrate up to this time").range(0, 1).greater_than(0),
+        ParamSpec::boolean("use_ema", true,
+                           "sample with the EMA weights when the run kept them ([train] ema_decay > 0), "
+                           "else with the raw weights"),
+        ParamSpec::choice(
+            "precision", {"fp32", "bf16"}, "fp32",
+            "bf16: model evaluations under bfloat16 autocast; the solver's state stays float32"),
         ParamSpec::real("guidance_scale", 1.0,
                         "classifier-free guidance: v = v_uncond + w (v_cond - v_uncond); 1 is the plain "
                         "conditional model, 0 the unconditional")

@@ -68,6 +68,17 @@ void load_weights(Model& model, const fs::path& file) {
 
 namespace {
 
+// Puts `weights` (in model.parameters() order) into the model and returns what was there.
+std::vector<torch::Tensor> swap_parameters(Model& model, const std::vector<torch::Tensor>& weights) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> params = model.parameters(), previous;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    previous.push_back(params[i].detach().clone());
+    params[i].copy_(weights[i]);
+  }
+  return previous;
+}
+
 // Finite numbers as numbers, the rest as null (JSON has no NaN).
 json number(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
@@ -84,9 +95,21 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
     torch::Tensor images = s.samples;
     std::int64_t cols = std::min<std::int64_t>(10, images.size(0));
     if (s.labels.defined()) {
-      torch::Tensor order =
-          std::get<1>(torch::sort(s.labels, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-      images = images.index_select(0, order);
+      // One row per class asked for (the first ten classes), its first ten samples; a class with
+      // fewer leaves the rest of its row blank.
+      torch::Tensor classes = std::get<0>(at::_unique(s.labels, /*sorted=*/true));
+      std::vector<torch::Tensor> rows;
+      for (std::int64_t k = 0; k < std::min<std::int64_t>(classes.size(0), 10); ++k) {
+        torch::Tensor picked = torch::nonzero(s.labels == classes[k]).flatten();
+        torch::Tensor row = images.index_select(0, picked.narrow(0, 0, std::min(cols, picked.size(0))));
+        if (row.size(0) < cols) {
+          auto blank_shape = row.sizes().vec();
+          blank_shape[0] = cols - row.size(0);
+          row = torch::cat({row, torch::full(blank_shape, data.min_value, row.options())});
+        }
+        rows.push_back(row);
+      }
+      images = torch::cat(rows);
     }
     const double lo = std::isfinite(data.min_value) ? data.min_value : -1.0;
     const double hi = std::isfinite(data.max_value) ? data.max_value : 1.0;
@@ -152,9 +175,12 @@ std::string describe_model(const PipelineConfig& config, const Components& c) {
 }
 
 json train_json(const TrainResult& trained) {
-  return {{"steps", trained.steps},
-          {"final_loss", number(trained.final_loss)},
-          {"seconds", number(trained.seconds)}};
+  json j = {{"steps", trained.steps},
+            {"final_loss", number(trained.final_loss)},
+            {"seconds", number(trained.seconds)},
+            {"samples_per_second", number(trained.samples_per_second)}};
+  if (trained.gflops > 0) j["gflops"] = number(trained.gflops);
+  return j;
 }
 
 void write_outputs(const PipelineConfig& config, Components& c, const fs::path& dir,
@@ -208,6 +234,12 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   write_file_atomic(dir / "config.toml", config.to_toml());
   TrainResult trained = train(config, c, dir, log);
   if (c.model->trainable()) save_weights(*c.model, dir / "model.pt");
+  if (!trained.ema.empty()) {
+    // model-ema.pt beside the raw model.pt; the model keeps the weights sampling uses.
+    std::vector<torch::Tensor> raw = swap_parameters(*c.model, trained.ema);
+    save_weights(*c.model, dir / "model-ema.pt");
+    if (!config.table("sample").boolean("use_ema")) swap_parameters(*c.model, raw);
+  }
   write_loss_curve(dir, trained);
   if (options.do_sample) {
     write_outputs(config, c, dir, &trained, log);
@@ -227,7 +259,12 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
   PipelineConfig config = load_config(run_dir / "config.toml", registry, options);
   apply_thread_setting(config);
   Components c = build_components(config, registry);
-  if (c.model->trainable()) load_weights(*c.model, run_dir / "model.pt");
+  if (c.model->trainable()) {
+    const fs::path ema = run_dir / "model-ema.pt";
+    const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
+    load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
+    if (log) log(use_ema ? "weights: the EMA weights (model-ema.pt)" : "weights: the raw weights (model.pt)");
+  }
 
   fs::path dir;
   if (out_dir) {

@@ -4,17 +4,19 @@
 
 #include <chrono>
 
+#include "../precision.hpp"
 #include "pathline/engine/random.hpp"
 
 namespace pathline {
 
 ModelField::ModelField(Model& model, const Path& path, const Parameterization& parameterization,
-                       std::int64_t sample_rank, double guidance_scale)
+                       std::int64_t sample_rank, double guidance_scale, bool bf16)
     : model_(model),
       path_(path),
       parameterization_(parameterization),
       rank_(sample_rank),
-      guidance_(guidance_scale) {}
+      guidance_(guidance_scale),
+      bf16_(bf16) {}
 
 torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) {
   ++evaluations_;
@@ -22,6 +24,7 @@ torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) 
   if (labels_.defined() && labels_.size(0) != n)
     throw Error(fmt::format("vector field: {} labels for a batch of {}", labels_.size(0), n));
   torch::Tensor out;
+  AutocastGuard autocast(bf16_, x.device());
   if (!labels_.defined() || guidance_ == 1.0) {
     out = model_.forward(x, torch::full({n}, t, x.options()), Condition{labels_});
   } else {
@@ -30,8 +33,9 @@ torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) 
         model_.forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
                        Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
     torch::Tensor conditional = both.narrow(0, 0, n), unconditional = both.narrow(0, n, n);
-    out = torch::lerp(unconditional, conditional, guidance_);
+    out = torch::lerp(unconditional.to(x.scalar_type()), conditional.to(x.scalar_type()), guidance_);
   }
+  if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
   if (parameterization_.predicts() == q) return out;
   auto c = path_.coefficients(torch::full({n}, t, x.options())).broadcast_to_rank(rank_);
   return parameterization_.convert(out, x, c, q);
@@ -72,7 +76,8 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
   c10::InferenceMode inference;
   c.model->eval();
   const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
-  ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.real("guidance_scale"));
+  ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.real("guidance_scale"),
+                   wants_bf16(sp.string("precision")));
 
   const double t_start = sp.real("t_start"), t_end = sp.real("t_end");
   if (!(t_start < t_end))

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "../precision.hpp"
 #include "pathline/engine/random.hpp"
 
 namespace pathline {
@@ -65,7 +66,9 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
       rank_(static_cast<std::int64_t>(components.data().shape.size()) + 1),
       grad_clip_(config.table("train").real("grad_clip")),
       ema_decay_(config.table("train").real("ema_decay")),
-      label_dropout_(config.table("train").real("label_dropout")) {
+      label_dropout_(config.table("train").real("label_dropout")),
+      ema_warmup_(config.table("train").boolean("ema_warmup")),
+      bf16_(wants_bf16(config.table("train").string("precision"))) {
   const Params& tp = config.table("train");
   const std::string& weighting = tp.string("loss_weighting");
   auto it = loss_weightings().find(weighting);
@@ -107,7 +110,12 @@ torch::Tensor Trainer::step() {
   PathCoefficients coef = c_.path->coefficients(t).broadcast_to_rank(rank_);
   torch::Tensor x_t = Path::interpolate(coef, source.x, target.x);
   torch::Tensor goal = c_.parameterization->target(source.x, target.x, coef);
-  torch::Tensor output = model_.forward(x_t, t, condition);
+  torch::Tensor output;
+  {
+    AutocastGuard autocast(bf16_, device);
+    output = model_.forward(x_t, t, condition);
+  }
+  if (output.scalar_type() != goal.scalar_type()) output = output.to(goal.scalar_type());
   torch::Tensor weight = weighting_(coef, t);
   torch::Tensor loss =
       weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
@@ -119,10 +127,18 @@ torch::Tensor Trainer::step() {
   optimizer_->step();
   if (!ema_.empty()) {
     torch::NoGradGuard no_grad;
-    for (std::size_t i = 0; i < params_.size(); ++i) ema_[i].lerp_(params_[i], 1.0 - ema_decay_);
+    const double decay = ema_decay_at(step_);
+    for (std::size_t i = 0; i < params_.size(); ++i) ema_[i].lerp_(params_[i], 1.0 - decay);
   }
   ++step_;
   return loss.detach();
+}
+
+double Trainer::ema_decay_at(std::int64_t step) const {
+  if (!ema_warmup_) return ema_decay_;
+  // The warm-up of Tarvainen & Valpola 2017 (and of most diffusion code bases): early on the average
+  // follows the weights closely, so a short run's EMA is not mostly its random initialisation.
+  return std::min(ema_decay_, static_cast<double>(1 + step) / static_cast<double>(10 + step));
 }
 
 void Trainer::copy_sampling_weights_to_model() {
@@ -236,7 +252,8 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
       result.final_loss = mean;
       double elapsed = seconds_since(start);
       if (csv.is_open())
-        csv << fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step), elapsed);
+        csv << fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step), elapsed)
+            << std::flush;  // a row is there to be watched (tail -f) while the run goes on
       if (log && ((step + 1) % (log_every * 5) == 0 || step + 1 == steps))
         log(fmt::format("step {:>6}/{}  loss {:.5f}  lr {:.2e}  {:.1f}s", step + 1, steps, mean,
                         schedule.at(step), elapsed));
@@ -244,7 +261,16 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   }
   result.steps = steps;
   result.seconds = seconds_since(start);
-  trainer.copy_sampling_weights_to_model();
+  result.samples_per_second = static_cast<double>(steps * tp.integer("batch_size")) / result.seconds;
+  // A training step costs about three forward passes (forward, and backward's two products).
+  if (double macs = c.model->macs_per_sample(); macs > 0)
+    result.gflops = 3.0 * 2.0 * macs * result.samples_per_second / 1e9;
+  if (log)
+    log(fmt::format(
+        "train: {} steps in {:.1f}s, {:.1f} samples/s{}", steps, result.seconds, result.samples_per_second,
+        result.gflops > 0 ? fmt::format(", {:.1f} GFLOP/s (3 x 2 x MACs per sample)", result.gflops)
+                          : std::string()));
+  result.ema = trainer.ema_weights();
   c.model->eval();
   return result;
 }

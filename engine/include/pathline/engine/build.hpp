@@ -37,8 +37,11 @@ struct Components {
 // draws samples shaped like the data; labels asked for exist). Throws InputError naming the slot.
 PATHLINE_API Components build_components(const PipelineConfig& config, const Registry& registry);
 
-// Sets LibTorch's intra-op threads from [run] threads (0: every core).
+// Sets LibTorch's intra-op threads from [run] threads (0: every core), and keep_freed_memory().
 PATHLINE_API void apply_thread_setting(const PipelineConfig& config);
+// Tells the C library to keep freed memory for reuse instead of returning it to the system after
+// every tensor (with glibc; nothing elsewhere). Process-wide; called once by the jobs.
+PATHLINE_API void keep_freed_memory();
 
 // "[1, 28, 28]"
 PATHLINE_API std::string shape_text(const std::vector<std::int64_t>& shape);

@@ -15,7 +15,7 @@ namespace pathline {
 class PATHLINE_API ModelField final : public VectorField {
  public:
   ModelField(Model& model, const Path& path, const Parameterization& parameterization,
-             std::int64_t sample_rank, double guidance_scale = 1.0);
+             std::int64_t sample_rank, double guidance_scale = 1.0, bool bf16 = false);
 
   // The labels of the batch being integrated ([B] int64; undefined: unlabelled).
   void set_labels(torch::Tensor labels) { labels_ = std::move(labels); }
@@ -31,6 +31,7 @@ class PATHLINE_API ModelField final : public VectorField {
   const Parameterization& parameterization_;
   std::int64_t rank_;
   double guidance_;
+  bool bf16_;  // model evaluations under bfloat16 autocast
   torch::Tensor labels_;
   std::int64_t evaluations_ = 0;
 };

@@ -44,9 +44,13 @@ class PATHLINE_API Trainer {
   // where a data-parallel run all-reduces the gradients.
   std::function<void(const std::vector<torch::Tensor>& parameters)> gradient_hook;
 
-  // The weights sampling uses: the EMA copy when [train] ema_decay > 0, else the raw ones.
+  // Copies the EMA weights (kept when [train] ema_decay > 0) into the model; nothing without them.
   void copy_sampling_weights_to_model();
   bool has_ema() const { return !ema_.empty(); }
+  // The EMA weights in the order of model.parameters() (empty without EMA).
+  const std::vector<torch::Tensor>& ema_weights() const { return ema_; }
+  // The decay applied after step `step` (0-based): ema_decay, or its warm-up.
+  double ema_decay_at(std::int64_t step) const;
 
   // The full training state, for checkpoints.
   void save_state(torch::serialize::OutputArchive& archive) const;
@@ -63,6 +67,7 @@ class PATHLINE_API Trainer {
   LossWeighting weighting_;
   std::int64_t batch_, rank_;
   double grad_clip_, ema_decay_, label_dropout_;
+  bool ema_warmup_, bf16_;
   std::int64_t step_ = 0;
 };
 
@@ -70,12 +75,15 @@ struct TrainResult {
   std::int64_t steps = 0;
   double final_loss = 0.0;  // mean loss over the last logging window
   double seconds = 0.0;
+  double samples_per_second = 0.0;
+  double gflops = 0.0;               // achieved, from the model's MACs per sample (0: unknown)
+  std::vector<torch::Tensor> ema;    // the EMA weights (model.parameters() order), empty without EMA
   std::vector<double> losses;        // one per logged window, as in metrics.csv
   std::vector<std::int64_t> logged;  // the step of each entry of losses
 };
 
-// Trains components.model in place (leaving the sampling weights in it), writing metrics.csv into
-// run_dir if it is not empty.
+// Trains components.model in place (leaving the raw weights in it; the EMA weights come back in the
+// result), writing metrics.csv into run_dir if it is not empty.
 PATHLINE_API TrainResult train(const PipelineConfig& config, Components& components,
                                const std::filesystem::path& run_dir, const Logger& log);
 
