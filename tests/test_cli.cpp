@@ -235,16 +235,21 @@ TEST(Cli, SampleErrors) {
   EXPECT_EQ(missing.err, "pathline sample: nowhere: no such run directory (see 'pathline sample --help')\n");
   write_text(dir / "good.toml", kGood);
   ASSERT_EQ(run_cli("train good.toml", dir.path()).code, 0);
-  write_text(dir / "runs/good/model.pt", "not a checkpoint");
-  auto corrupt = run_cli("sample runs/good", dir.path());
-  EXPECT_EQ(corrupt.code, 1);
-  EXPECT_EQ(corrupt.err.rfind(
-                "pathline sample: error: runs/good/model.pt: corrupt or incompatible checkpoint: ", 0),
-            0u)
-      << corrupt.err;
-  EXPECT_EQ(lines_of(corrupt.err).size(), 1u) << corrupt.err;
-  EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/sample-euler"));  // nothing half-made
-  EXPECT_EQ(testing::read_text(dir / "runs/good/model.pt"), "not a checkpoint");
+  // Sampling uses the EMA weights by default, the raw ones with use_ema = false: each is checked.
+  for (std::string file : {"model-ema.pt", "model.pt"}) {
+    write_text(dir / ("runs/good/" + file), "not a checkpoint");
+    auto corrupt =
+        run_cli("sample runs/good" + std::string(file == "model.pt" ? " --set sample.use_ema=false" : ""),
+                dir.path());
+    EXPECT_EQ(corrupt.code, 1);
+    EXPECT_EQ(corrupt.err.rfind(
+                  "pathline sample: error: runs/good/" + file + ": corrupt or incompatible checkpoint: ", 0),
+              0u)
+        << corrupt.err;
+    EXPECT_EQ(lines_of(corrupt.err).size(), 1u) << corrupt.err;
+    EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/sample-euler"));  // nothing half-made
+    EXPECT_EQ(testing::read_text(dir / ("runs/good/" + file)), "not a checkpoint");
+  }
 }
 
 }  // namespace

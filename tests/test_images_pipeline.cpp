@@ -137,20 +137,20 @@ TEST(ImagesPipeline, DitTrainsAndSamplesInBfloat16) {
 }
 
 TEST(ImagesPipeline, Bfloat16TrainingFollowsTheFloat32LossCurve) {
-  // The same 30 steps in float32 and under bfloat16 autocast: the losses agree to a few percent,
+  // The same 16 steps in float32 and under bfloat16 autocast: the losses agree to a few percent,
   // and autocast really changed the arithmetic (they are not bit-equal).
   auto losses = [](const std::string& precision) {
     PipelineConfig config = tiny(kTinyUnet, {"train.precision=" + precision});
     Components c = build_components(config, testing::builtin_registry());
     Trainer trainer(config, c);
     std::vector<double> out;
-    for (int k = 0; k < 30; ++k) out.push_back(trainer.step().item<double>());
+    for (int k = 0; k < 16; ++k) out.push_back(trainer.step().item<double>());
     return out;
   };
   auto fp32 = losses("fp32"), bf16 = losses("bf16");
   double first = 0, last = 0, first_bf = 0, last_bf = 0;
   for (int k = 0; k < 5; ++k) first += fp32[k], first_bf += bf16[k];
-  for (int k = 25; k < 30; ++k) last += fp32[k], last_bf += bf16[k];
+  for (int k = 11; k < 16; ++k) last += fp32[k], last_bf += bf16[k];
   EXPECT_NEAR(first_bf / first, 1.0, 0.05);
   EXPECT_NEAR(last_bf / last, 1.0, 0.15);
   EXPECT_NE(fp32, bf16);

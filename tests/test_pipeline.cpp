@@ -74,6 +74,7 @@ TEST(Pipeline, TrainingLowersLossAndSamplesLandNearTheData) {
 TEST(Pipeline, OutputsDecodeAndRoundTrip) {
   TempDir dir;
   PipelineConfig config = config_for("[train]\nsteps = 20\nbatch_size = 64\n");
+  apply_thread_setting(config);  // as run_job does: the thread count is process-wide
   Components c = build_components(config, testing::builtin_registry());
   train(config, c, {}, nullptr);
   SampleResult s = sample(config, c);
@@ -82,7 +83,8 @@ TEST(Pipeline, OutputsDecodeAndRoundTrip) {
   torch::Tensor saved = read_npy(dir / "run/samples.npy");
   EXPECT_EQ(saved.sizes(), (std::vector<std::int64_t>{1000, 2}));
   EXPECT_EQ(saved.scalar_type(), torch::kFloat32);
-  EXPECT_TRUE(torch::equal(saved, s.samples));                    // same config, same seed, same samples
+  EXPECT_TRUE(torch::equal(saved, s.samples))
+      << (saved - s.samples).abs().max();                         // same config, seed, samples
   EXPECT_FALSE(std::filesystem::exists(dir / "run/labels.npy"));  // unlabelled data
 
   for (std::string f : {"samples.png", "trajectories.png", "loss.png"}) {

@@ -233,12 +233,15 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   if (log) log(describe_model(config, c));
   write_file_atomic(dir / "config.toml", config.to_toml());
   TrainResult trained = train(config, c, dir, log);
-  if (c.model->trainable()) save_weights(*c.model, dir / "model.pt");
-  if (!trained.ema.empty()) {
-    // model-ema.pt beside the raw model.pt; the model keeps the weights sampling uses.
-    std::vector<torch::Tensor> raw = swap_parameters(*c.model, trained.ema);
+  if (trained.ema.empty()) {
+    if (c.model->trainable()) save_weights(*c.model, dir / "model.pt");
+  } else {
+    // model.pt (raw) and model-ema.pt side by side; the model keeps the weights sampling uses.
+    std::vector<torch::Tensor> in_use = swap_parameters(*c.model, trained.raw);
+    save_weights(*c.model, dir / "model.pt");
+    swap_parameters(*c.model, trained.ema);
     save_weights(*c.model, dir / "model-ema.pt");
-    if (!config.table("sample").boolean("use_ema")) swap_parameters(*c.model, raw);
+    swap_parameters(*c.model, in_use);
   }
   write_loss_curve(dir, trained);
   if (options.do_sample) {
@@ -259,12 +262,9 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
   PipelineConfig config = load_config(run_dir / "config.toml", registry, options);
   apply_thread_setting(config);
   Components c = build_components(config, registry);
-  if (c.model->trainable()) {
-    const fs::path ema = run_dir / "model-ema.pt";
-    const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
-    load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
-    if (log) log(use_ema ? "weights: the EMA weights (model-ema.pt)" : "weights: the raw weights (model.pt)");
-  }
+  const fs::path ema = run_dir / "model-ema.pt";
+  const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
+  if (c.model->trainable()) load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
 
   fs::path dir;
   if (out_dir) {
@@ -279,6 +279,8 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
   fs::create_directories(dir, ec);
   if (ec) throw InputError(dir.string() + ": cannot create: " + ec.message());
   if (log) log("sample directory: " + dir.string());
+  if (log && c.model->trainable())
+    log(use_ema ? "weights: the EMA weights (model-ema.pt)" : "weights: the raw weights (model.pt)");
   write_file_atomic(dir / "config.toml", config.to_toml());
   write_outputs(config, c, dir, nullptr, log);
   return dir;

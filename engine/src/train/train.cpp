@@ -270,7 +270,12 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
         "train: {} steps in {:.1f}s, {:.1f} samples/s{}", steps, result.seconds, result.samples_per_second,
         result.gflops > 0 ? fmt::format(", {:.1f} GFLOP/s (3 x 2 x MACs per sample)", result.gflops)
                           : std::string()));
-  result.ema = trainer.ema_weights();
+  if (trainer.has_ema()) {
+    torch::NoGradGuard no_grad;
+    for (const auto& p : c.model->parameters()) result.raw.push_back(p.detach().clone());
+    result.ema = trainer.ema_weights();
+    if (config.table("sample").boolean("use_ema")) trainer.copy_sampling_weights_to_model();
+  }
   c.model->eval();
   return result;
 }

@@ -76,14 +76,16 @@ struct TrainResult {
   double final_loss = 0.0;  // mean loss over the last logging window
   double seconds = 0.0;
   double samples_per_second = 0.0;
-  double gflops = 0.0;               // achieved, from the model's MACs per sample (0: unknown)
-  std::vector<torch::Tensor> ema;    // the EMA weights (model.parameters() order), empty without EMA
+  double gflops = 0.0;  // achieved, from the model's MACs per sample (0: unknown)
+  // Without EMA both are empty; with it, the raw and the EMA weights in model.parameters() order.
+  std::vector<torch::Tensor> raw, ema;
   std::vector<double> losses;        // one per logged window, as in metrics.csv
   std::vector<std::int64_t> logged;  // the step of each entry of losses
 };
 
-// Trains components.model in place (leaving the raw weights in it; the EMA weights come back in the
-// result), writing metrics.csv into run_dir if it is not empty.
+// Trains components.model in place, leaving in it the weights sampling uses (the EMA weights when
+// kept and [sample] use_ema, else the raw ones; both come back in the result), and writes
+// metrics.csv into run_dir if it is not empty.
 PATHLINE_API TrainResult train(const PipelineConfig& config, Components& components,
                                const std::filesystem::path& run_dir, const Logger& log);
 
