@@ -1,5 +1,6 @@
 // What the two image models of plugin "models-image" share: the sinusoidal time features, the
-// checked class-embedding rows, the image shape check and the registration functions.
+// attention's batched products and softmax (faster than LibTorch 1.13's on CPU where it matters),
+// the checked class-embedding rows, the shape checks and the registration functions.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -78,6 +79,25 @@ struct BatchedProduct : torch::autograd::Function<BatchedProduct> {
   }
 };
 
+// softmax over the last dimension whose backward, for bfloat16 (and half), is three plain passes:
+// LibTorch 1.13's bfloat16 CPU softmax backward took longer than the DiT's attention products
+// around it. The forward is LibTorch's (fast in bfloat16 too).
+struct ReducedSoftmax : torch::autograd::Function<ReducedSoftmax> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
+    auto p = at::_softmax(x, -1, false);
+    ctx->save_for_backward({p});
+    return p;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    // d p_i / d x_j = p_i (delta_ij - p_j): grad_x = g p - p sum(g p), the sum accumulated in float.
+    const torch::Tensor p = ctx->get_saved_variables()[0];
+    auto gp = grads[0] * p;
+    auto sum = gp.sum(-1, /*keepdim=*/true, torch::kFloat).to(gp.scalar_type());
+    return {gp.addcmul_(p, sum, -1)};
+  }
+};
+
 }  // namespace detail
 
 // a @ b for batches of matrices, a [n, m, k] and b [n, k, p] (any strides): attention's two
@@ -88,6 +108,13 @@ inline torch::Tensor batched_product(const torch::Tensor& a, const torch::Tensor
       a.scalar_type() == b.scalar_type() && a.size(0) > 1)
     return detail::BatchedProduct::apply(a, b);
   return torch::bmm(a, b);
+}
+
+// softmax(x, -1), for attention weights; reduced precision (under autocast) through ReducedSoftmax.
+inline torch::Tensor attention_softmax(const torch::Tensor& x) {
+  if (x.is_cpu() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf))
+    return detail::ReducedSoftmax::apply(x);
+  return x.softmax(-1);
 }
 
 // The embedding rows of the batch's labels, checked: a label outside 0 .. num_classes - 1 (other

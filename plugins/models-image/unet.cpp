@@ -112,7 +112,7 @@ class AttentionImpl : public torch::nn::Module {
     // Each head's [d, T] query, key and value; the scale goes on q, the smaller side of q^T k.
     auto q = qkv.narrow(1, 0, d) * (1.0 / std::sqrt(static_cast<double>(d)));
     auto k = qkv.narrow(1, d, d), v = qkv.narrow(1, 2 * d, d);
-    auto weights = batched_product(q.transpose(1, 2), k).softmax(-1);  // [B heads, T, T]
+    auto weights = attention_softmax(batched_product(q.transpose(1, 2), k));  // [B heads, T, T]
     auto out = batched_product(v, weights.transpose(1, 2)).reshape({batch, channels_, height, width});
     return x + proj_->forward(out);
   }
@@ -340,6 +340,8 @@ void register_unet(Registrar& registrar) {
            "embedding", 0,
            "width of the time and class embedding that conditions every block (0: 4 x channels)")
            .at_least(0),
+       // Off by default: on the project's 2-core machine, with the default widths on 28x28, NHWC
+       // training steps were no faster in float32 and about 5% slower under bfloat16 autocast.
        ParamSpec::boolean("channels_last", false,
                           "run the convolutions on channels-last (NHWC) tensors; the same model and "
                           "weights, only the memory layout (and the speed) differ")}});

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training throughput of the `unet` and `dit` models of plugins/models-image, in plain PyTorch.
+r"""Training throughput of the `unet` and `dit` models of plugins/models-image, in plain PyTorch.
 
 The two networks below mirror plugins/models-image/unet.cpp and dit.cpp layer for layer (same
 widths, blocks, zero-initialised outputs; parameter counts agree), so their images/s is the bar
@@ -9,6 +9,21 @@ target x1 - x0), backward, one AdamW step.
 
     /usr/bin/python3 tools/bench/image_models.py                    # both models, fp32 and bf16
     /usr/bin/python3 tools/bench/image_models.py --model dit --precision bf16 --steps 5
+
+The networks are written the plain PyTorch way (nn.Linear, softmax, F.gelu); the C++ models compute
+the same functions, with other kernels where LibTorch 1.13's are slow on CPU (token Linear layers
+as 1x1 convolutions, which oneDNN runs; their own bfloat16 softmax backward and tanh-GELU).
+Initialisations other than the zeroed layers are PyTorch's defaults: they do not change the speed.
+
+On a shared or virtualised machine wall time can vary several-fold between runs; each result line
+is followed by the CPU time and page faults per step. Two settings of the environment, the same
+for this script and the C++ models, remove most of the variation: glibc keeping freed memory
+instead of unmapping it (every new 80 MB attention tensor otherwise faults in page by page), and
+OpenMP threads that sleep instead of spinning at the end of parallel regions:
+
+    OMP_WAIT_POLICY=passive \
+    GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864 \
+    /usr/bin/python3 tools/bench/image_models.py
 """
 import argparse
 import resource
