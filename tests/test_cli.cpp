@@ -21,10 +21,10 @@ const std::string kGood =
 TEST(Cli, VersionAndHelp) {
   auto v = run_cli("--version");
   EXPECT_EQ(v.code, 0);
-  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 2, LibTorch ") + TORCH_VERSION + ")\n");
+  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 3, LibTorch ") + TORCH_VERSION + ")\n");
   EXPECT_EQ(run_cli("--help").code, 0);
   EXPECT_EQ(run_cli("").code, 2);
-  for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "sample"}) {
+  for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "sample", "eval"}) {
     auto h = run_cli(cmd + " --help");
     EXPECT_EQ(h.code, 0) << cmd;
     EXPECT_EQ(h.out.rfind("Usage: pathline " + cmd, 0), 0u) << h.out;
@@ -250,6 +250,64 @@ TEST(Cli, SampleErrors) {
     EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/sample-euler"));  // nothing half-made
     EXPECT_EQ(testing::read_text(dir / ("runs/good/" + file)), "not a checkpoint");
   }
+}
+
+TEST(Cli, EvalScoresTheRunsSamplesOrFreshOnes) {
+  TempDir dir;
+  write_text(dir / "good.toml", kGood + "[[metric]]\ntype = \"energy_distance\"\n");
+  ASSERT_EQ(run_cli("run good.toml", dir.path()).code, 0);
+  const auto run_summary = nlohmann::json::parse(testing::read_text(dir / "runs/good/summary.json"));
+
+  // On the run's own samples: the same value as the run reported, nothing resampled.
+  auto r = run_cli("eval runs/good", dir.path());
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "runs/good/eval.json\n");
+  auto eval = nlohmann::json::parse(testing::read_text(dir / "runs/good/eval.json"));
+  EXPECT_EQ(eval["samples"], "samples.npy");
+  EXPECT_DOUBLE_EQ(eval["metrics"]["energy_distance"].get<double>(),
+                   run_summary["metrics"]["energy_distance"].get<double>());
+  EXPECT_EQ(eval["metric_details"]["energy_distance"]["generated_samples"], 64);
+  EXPECT_NE(r.err.find("eval: the run's 64 samples (samples.npy)"), std::string::npos) << r.err;
+
+  // Another solver means fresh samples; --out writes elsewhere and leaves eval.json alone.
+  const std::string before = testing::read_text(dir / "runs/good/eval.json");
+  auto fresh =
+      run_cli("eval runs/good --set solver.type=heun --set sample.n=32 --out other.json", dir.path());
+  ASSERT_EQ(fresh.code, 0) << fresh.err;
+  auto other = nlohmann::json::parse(testing::read_text(dir / "other.json"));
+  EXPECT_EQ(other["samples"], "fresh");
+  EXPECT_EQ(other["sampling"]["solver"], "heun");
+  EXPECT_EQ(other["metric_details"]["energy_distance"]["generated_samples"], 32);
+  EXPECT_EQ(testing::read_text(dir / "runs/good/eval.json"), before);
+
+  // A train-only run has no samples: eval draws them.
+  ASSERT_EQ(run_cli("train good.toml", dir.path()).code, 0);
+  auto trained = run_cli("eval runs/good-2", dir.path());
+  ASSERT_EQ(trained.code, 0) << trained.err;
+  EXPECT_EQ(nlohmann::json::parse(testing::read_text(dir / "runs/good-2/eval.json"))["samples"], "fresh");
+}
+
+TEST(Cli, EvalErrorsKeepTheEarlierResults) {
+  TempDir dir;
+  auto missing = run_cli("eval nowhere", dir.path());
+  EXPECT_EQ(missing.code, 2);
+  EXPECT_EQ(missing.err, "pathline eval: nowhere: no such run directory (see 'pathline eval --help')\n");
+  write_text(dir / "good.toml", kGood);
+  ASSERT_EQ(run_cli("run good.toml", dir.path()).code, 0);
+  // No metric configured: say how to ask for one.
+  auto none = run_cli("eval runs/good", dir.path());
+  EXPECT_EQ(none.code, 1);
+  EXPECT_NE(none.err.find("has no [[metric]] to compute"), std::string::npos) << none.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "runs/good/eval.json"));
+  // A good eval, then a corrupt samples.npy: one line naming the file, eval.json as it was.
+  ASSERT_EQ(run_cli("eval runs/good --set metric[0].type=energy_distance", dir.path()).code, 0);
+  const std::string before = testing::read_text(dir / "runs/good/eval.json");
+  write_text(dir / "runs/good/samples.npy", "garbage");
+  auto corrupt = run_cli("eval runs/good --set metric[0].type=energy_distance", dir.path());
+  EXPECT_EQ(corrupt.code, 1);
+  EXPECT_EQ(corrupt.err.rfind("pathline eval: error: runs/good/samples.npy", 0), 0u) << corrupt.err;
+  EXPECT_EQ(lines_of(corrupt.err).size(), 1u) << corrupt.err;
+  EXPECT_EQ(testing::read_text(dir / "runs/good/eval.json"), before);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Images end to end, at tiny sizes: Fashion-MNIST through a U-Net and a DiT, the run's image outputs
 // (samples.npy [N, C, H, W], labels.npy, the class-per-row grid, trajectories), raw and EMA weights
 // side by side, bfloat16 autocast, and guidance on an image model.
+#include <fmt/format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "pathline/engine/io.hpp"
@@ -190,12 +192,23 @@ TEST(ImagesPipeline, GuidanceOnAnImageModel) {
 TEST(ImagesPipeline, RunLogReportsParametersMacsAndThroughput) {
   TempDir dir;
   testing::write_text(dir / "tiny.toml", kTinyUnet);
-  auto r = testing::run_cli("run tiny.toml --set train.steps=2 --set sample.n=10", dir.path());
+  // A metric with a floor (a classifier small enough to train in a second or two).
+  auto r = testing::run_cli(
+      "run tiny.toml --set train.steps=2 --set sample.n=10 --set metric[0].type=fd_fmnist "
+      "--set metric[0].train_limit=300 --set metric[0].epochs=1 --set metric[0].cache_dir=cache",
+      dir.path());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("model: unet, "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(" parameters, "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("M multiply-accumulates per sample"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("GFLOP/s"), std::string::npos) << r.err;
+  // The floor and the ratio beside the value, as summary.json has them.
+  const auto details = summary_of(dir / "runs" / "tiny")["metric_details"]["fd_fmnist"]["details"];
+  const double floor = details["floor"].get<double>(), ratio = details["ratio"].get<double>();
+  EXPECT_NE(r.err.find(fmt::format("10 generated vs 10 reference samples; floor {:.6f}, {:.2f}x the floor)",
+                                   floor, ratio)),
+            std::string::npos)
+      << r.err;
 }
 
 }  // namespace

@@ -1,8 +1,13 @@
-// Plugin "metrics": sample-based distances between generated and reference samples (fresh data).
+// Plugin "metrics": sample-based distances between generated and reference samples (fresh data),
+// and the likelihood of fresh data under the model (likelihood.cpp).
 #include <algorithm>
 #include <string>
 
 #include "pathline/plugin.hpp"
+
+namespace pathline_metrics {
+void register_likelihood(pathline::Registrar& registrar);  // likelihood.cpp
+}  // namespace pathline_metrics
 
 namespace {
 
@@ -62,6 +67,7 @@ void register_metrics(pathline::Registrar& registrar) {
       "squared energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| between the empirical measures",
       {ParamSpec::integer("max_samples", 10000, "use at most this many of each set (the first)")
            .at_least(1)}});
+  pathline_metrics::register_likelihood(registrar);
 }
 
 }  // namespace

@@ -1,7 +1,10 @@
 // Plugin "solvers": explicit one-step Runge-Kutta methods for the sampling ODE dx/dt = v(x, t)
 // (Hairer, Norsett & Wanner, "Solving ODEs I", ch. II.1). Each says only how it steps from t to
 // t + h; pathline::FixedStepSolver walks the engine's time grid (the [time_grid] component).
-#include "pathline/plugin.hpp"
+//
+// This file also holds the plugin's descriptor: the adaptive (dopri5.cpp), multistep
+// (multistep.cpp) and stochastic (sde.cpp) solvers register from their own files.
+#include "solvers.hpp"
 
 namespace {
 
@@ -72,6 +75,9 @@ void register_solvers(pathline::Registrar& registrar) {
                     {FixedStepSolver::steps_param(50)}});
   registrar.add_type<Solver, Rk4Solver>(ComponentDecl{
       "rk4", "classic Runge-Kutta, order 4, 4 evaluations per step", {FixedStepSolver::steps_param(25)}});
+  pathline::solvers::register_adaptive(registrar);
+  pathline::solvers::register_multistep(registrar);
+  pathline::solvers::register_sde(registrar);
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ const char* kCommands =
     "  run CONFIG           train, sample and evaluate; writes a run directory\n"
     "  train CONFIG         train only; writes a run directory with the weights\n"
     "  sample RUN_DIR       sample and evaluate a trained run, optionally with another solver\n"
+    "  eval RUN_DIR         compute a run's metrics (and nll) on its samples or fresh ones into eval.json\n"
     "\nRun 'pathline COMMAND --help' for a command's options.\n";
 
 po::options_description common_options() {
@@ -137,6 +138,7 @@ void print_params(const std::vector<ParamSpec>& specs) {
     }
     if (spec.list_size) type += fmt::format(" ({} values)", *spec.list_size);
     if (spec.multiple) type += fmt::format(", a multiple of {}", *spec.multiple);
+    if (spec.allows_auto) type += " or \"auto\"";
     std::string value = spec.is_required() ? "required" : "default " + format_value(*spec.default_value);
     std::string range = spec.range_text();
     std::cout << fmt::format("  {:<16} {}\n", spec.name, type);
@@ -280,6 +282,35 @@ int cmd_sample(const std::vector<std::string>& args) {
   return kOk;
 }
 
+int cmd_eval(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("run", po::value<std::string>(),
+                        "a run directory made by 'pathline run' or 'pathline train'")(
+      "fresh",
+      "draw fresh samples instead of using the run's samples.npy (implied by --set sample.*, solver.*, "
+      "time_grid.*, and for runs without samples)")("nll", "also compute the likelihood metric nll")(
+      "out", po::value<std::string>(), "write the results here (default: RUN_DIR/eval.json)");
+  add_set_option(options);
+  auto vm = parse("eval", args, options, single_positional("run"),
+                  "RUN_DIR [--set metric[0].samples=500 ...] [--fresh] [--nll] [--out FILE]");
+  if (!vm) return kOk;
+  std::string run = required_positional(*vm, "run", "RUN_DIR (a run directory)");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(run, ec)) throw UsageError(run + ": no such run directory");
+  if (!std::filesystem::is_regular_file(std::filesystem::path(run) / "config.toml", ec))
+    throw UsageError(run + ": not a run directory (no config.toml)");
+  Session s;
+  s.load(*vm);
+  EvalOptions eval;
+  eval.overrides = overrides_of(*vm);
+  eval.fresh = vm->count("fresh") > 0;
+  eval.nll = vm->count("nll") > 0;
+  if (vm->count("out")) eval.out = (*vm)["out"].as<std::string>();
+  auto file = eval_job(run, s.registry, eval, stderr_logger());
+  std::cout << file.string() << "\n";
+  return kOk;
+}
+
 int dispatch(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -302,6 +333,7 @@ int dispatch(int argc, char** argv) {
     if (command == "validate") return cmd_validate(rest);
     if (command == "run" || command == "train") return cmd_run(command, rest);
     if (command == "sample") return cmd_sample(rest);
+    if (command == "eval") return cmd_eval(rest);
   } catch (const UsageError& e) {
     std::cerr << "pathline " << command << ": " << e.what() << " (see 'pathline " << command << " --help')\n";
     return kUsage;
@@ -317,7 +349,7 @@ int dispatch(int argc, char** argv) {
     std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
     return kFailure;
   }
-  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run", "train", "sample"};
+  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run", "train", "sample", "eval"};
   std::string suggestion = closest_match(command, commands);
   std::cerr << "pathline: unknown command '" << command << "'"
             << (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") << "\n\n"

@@ -101,9 +101,11 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
         ParamSpec::choice("precision", {"fp32", "bf16"}, "fp32",
                           "bf16: the forward pass under bfloat16 autocast (matrix products and "
                           "convolutions in bfloat16, norms and the loss in float32)"),
-        ParamSpec::choice("loss_weighting", {"none", "sigma_sqrt", "cosmap"}, "none",
-                          "per-sample loss weight w(t) (Esser et al. 2024, SD3): none = 1, sigma_sqrt = 1 / "
-                          "sigma_t^2, cosmap = 2 / (pi (1 - 2 s + 2 s^2)) with s = 1 - t"),
+        ParamSpec::choice("loss_weighting", {"auto", "none", "sigma_sqrt", "sigma_squared", "cosmap"}, "auto",
+                          "per-sample loss weight w(t): none = 1; sigma_sqrt = 1 / sigma_t^2 (SD3, Esser et "
+                          "al. 2024); sigma_squared = sigma_t^2 (Song et al. 2021's lambda, which keeps a "
+                          "score target -x0 / sigma_t of finite variance); cosmap = 2 / (pi (1 - 2 s + 2 "
+                          "s^2)) with s = 1 - t; auto = sigma_squared for score prediction, else none"),
         // Classifier-free guidance (Ho & Salimans 2022) trains one network for both fields by
         // replacing labels with the null label at this rate.
         ParamSpec::real("label_dropout", 0.1,
@@ -116,12 +118,19 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
        {ParamSpec::integer("n", 10000, "samples to generate").at_least(1),
         ParamSpec::integer("batch_size", 10000, "samples integrated at once").at_least(1),
         ParamSpec::integer("trajectories", 48, "pathlines drawn in trajectories.png; 0 disables").at_least(0),
-        ParamSpec::real("t_start", 0.0,
-                        "integrate from this time (a small value avoids the t = 0 end where "
-                        "noise and score predictions divide by alpha_t)")
+        ParamSpec::real_auto("t_start",
+                             "integrate from this time; auto: 0, or past the start where the "
+                             "parameterization cannot give a velocity (noise and score: alpha_t >= 0.02)")
             .range(0, 1)
             .less_than(1),
-        ParamSpec::real("t_end", 1.0, "integrate up to this time").range(0, 1).greater_than(0),
+        ParamSpec::real_auto("t_end",
+                             "integrate up to this time; auto: 1, or short of the end where the "
+                             "parameterization cannot give a velocity (data: sigma_t >= 0.02)")
+            .range(0, 1)
+            .greater_than(0),
+        ParamSpec::choice("final_step", {"auto", "denoise", "none"}, "auto",
+                          "after the solver: denoise = one more evaluation that jumps from x(t_end) to the "
+                          "predicted data; none = stop at t_end; auto = denoise when t_end < 1"),
         ParamSpec::boolean("use_ema", true,
                            "sample with the EMA weights when the run kept them ([train] ema_decay > 0), "
                            "else with the raw weights"),
@@ -865,7 +874,9 @@ class Validator {
         return ParamValue{v};
       }
       case ParamType::real: {
-        if (!node.is_number()) return expected("a number");
+        if (spec.allows_auto && node.is_string() && node.as_string()->get() == "auto")
+          return ParamValue{ParamSpec::auto_value()};
+        if (!node.is_number()) return expected(spec.allows_auto ? "a number or \"auto\"" : "a number");
         if (!check_real(spec, node, label, error)) return std::nullopt;
         return ParamValue{number(node)};
       }

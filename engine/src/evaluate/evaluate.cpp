@@ -17,6 +17,7 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
       make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::eval);
   Batch reference = c.dataset->sample(reference_n, gen);
 
+  const SamplingInterval interval = sampling_interval(config, c);
   c10::InferenceMode inference;
   const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
   ModelField field(*c.model, *c.path, *c.parameterization, rank,
@@ -29,6 +30,8 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
     input.reference = reference.x;
     input.reference_labels = reference.labels;
     input.field = &field;
+    input.t_start = interval.t_start;
+    input.t_end = interval.t_end;
     input.generator = &gen;
     MetricRecord record;
     record.name = m.name;

@@ -183,23 +183,22 @@ json train_json(const TrainResult& trained) {
   return j;
 }
 
-void write_outputs(const PipelineConfig& config, Components& c, const fs::path& dir,
-                   const TrainResult* trained, const Logger& log) {
-  SampleResult s = sample(config, c);
-  if (log)
-    log(fmt::format("sample: {} samples, solver {} on the {} grid ({} NFE) in {:.2f}s", s.samples.size(0),
-                    config.component("solver").type, config.component("time_grid").type, s.nfe, s.seconds));
-  write_npy(dir / "samples.npy", s.samples);
-  if (s.labels.defined()) write_npy(dir / "labels.npy", s.labels);
-  std::vector<MetricRecord> metrics = evaluate(config, c, s.samples, s.labels);
-
-  json summary;
-  if (trained) summary["train"] = train_json(*trained);
+// Logs each metric's line and returns {"metrics": name -> value, "metric_details": name -> ...}.
+json metrics_json(const std::vector<MetricRecord>& metrics, const Logger& log) {
   json values = json::object(), details = json::object();
   for (const auto& m : metrics) {
-    if (log)
-      log(fmt::format("eval: {} = {:.6f} ({}; {} generated vs {} reference samples)", m.name, m.result.value,
-                      to_string(m.direction), m.generated_n, m.reference_n));
+    if (log) {
+      // A metric that reports a floor (the same score between two draws of real data) gets it
+      // printed beside the value, with the ratio, since the value alone means little.
+      std::string floor;
+      const auto& d = m.result.details;
+      if (auto it = d.find("floor"); it != d.end()) {
+        floor = fmt::format("; floor {:.6f}", it->second);
+        if (auto r = d.find("ratio"); r != d.end()) floor += fmt::format(", {:.2f}x the floor", r->second);
+      }
+      log(fmt::format("eval: {} = {:.6f} ({}; {} generated vs {} reference samples{})", m.name,
+                      m.result.value, to_string(m.direction), m.generated_n, m.reference_n, floor));
+    }
     values[m.name] = number(m.result.value);
     json extra = json::object();
     for (const auto& [key, value] : m.result.details) extra[key] = number(value);
@@ -210,16 +209,82 @@ void write_outputs(const PipelineConfig& config, Components& c, const fs::path& 
                        {"reference_samples", m.reference_n},
                        {"details", extra}};
   }
-  summary["metrics"] = values;
-  summary["metric_details"] = details;
-  summary["sampling"] = {{"solver", config.component("solver").type},
-                         {"time_grid", config.component("time_grid").type},
-                         {"n", s.samples.size(0)},
-                         {"nfe", s.nfe},
-                         {"guidance_scale", config.table("sample").real("guidance_scale")},
-                         {"seconds", number(s.seconds)}};
+  return {{"metrics", values}, {"metric_details", details}};
+}
+
+// Samples with the config's solver, logs how, and describes it for summary.json / eval.json.
+SampleResult sample_logged(const PipelineConfig& config, Components& c, const Logger& log, json& sampling) {
+  SampleResult s = sample(config, c);
+  if (log)
+    log(fmt::format("sample: {} samples, solver {} {} from t = {} to {}{} ({} NFE) in {:.2f}s",
+                    s.samples.size(0), config.component("solver").type,
+                    c.solver->grid_steps() > 0 ? "on the " + config.component("time_grid").type + " grid"
+                                               : std::string("with its own steps"),
+                    s.interval.t_start, s.interval.t_end,
+                    s.interval.denoise ? " and a final denoising step" : "", s.nfe, s.seconds));
+  if (log && !s.solver_statistics.empty()) {
+    std::string stats;
+    for (const auto& [key, value] : s.solver_statistics)
+      stats += fmt::format("{}{} = {}", stats.empty() ? "" : ", ", key, value);
+    log("sample: solver " + stats);
+  }
+  sampling = {{"solver", config.component("solver").type},
+              {"time_grid", config.component("time_grid").type},
+              {"n", s.samples.size(0)},
+              {"t_start", number(s.interval.t_start)},
+              {"t_end", number(s.interval.t_end)},
+              {"final_denoise", s.interval.denoise},
+              {"nfe", s.nfe},
+              {"solver_statistics", s.solver_statistics},
+              {"guidance_scale", config.table("sample").real("guidance_scale")},
+              {"seconds", number(s.seconds)}};
+  return s;
+}
+
+void write_outputs(const PipelineConfig& config, Components& c, const fs::path& dir,
+                   const TrainResult* trained, const Logger& log) {
+  json sampling;
+  SampleResult s = sample_logged(config, c, log, sampling);
+  write_npy(dir / "samples.npy", s.samples);
+  if (s.labels.defined()) write_npy(dir / "labels.npy", s.labels);
+  json summary = metrics_json(evaluate(config, c, s.samples, s.labels), log);
+  if (trained) summary["train"] = train_json(*trained);
+  summary["sampling"] = sampling;
   write_pictures(config, c, dir, s);
   write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
+}
+
+// A run directory's pipeline, rebuilt from its config.toml with overrides, with its weights loaded
+// (the EMA ones when [sample] use_ema and the run kept them). `weights` names the file used.
+struct LoadedRun {
+  PipelineConfig config;
+  Components components;
+  std::string weights;
+};
+
+LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
+                   const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
+  ConfigOptions options;
+  options.overrides = overrides;
+  PipelineConfig config = load_config(run_dir / "config.toml", registry, options);
+  apply_thread_setting(config);
+  Components c = build_components(config, registry);
+  const fs::path ema = run_dir / "model-ema.pt";
+  const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
+  std::string weights;
+  if (c.model->trainable()) {
+    load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
+    weights = use_ema ? "model-ema.pt" : "model.pt";
+  }
+  return {std::move(config), std::move(c), weights};
+}
+
+void log_weights(const Logger& log, const std::string& weights) {
+  if (log && !weights.empty())
+    log(weights == "model-ema.pt" ? "weights: the EMA weights (model-ema.pt)"
+                                  : "weights: the raw weights (model.pt)");
 }
 
 }  // namespace
@@ -255,35 +320,89 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
 fs::path sample_job(const fs::path& run_dir, const Registry& registry,
                     const std::vector<std::string>& overrides, const std::optional<fs::path>& out_dir,
                     const Logger& log) {
+  LoadedRun run = load_run(run_dir, registry, overrides);
   std::error_code ec;
-  if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
-  ConfigOptions options;
-  options.overrides = overrides;
-  PipelineConfig config = load_config(run_dir / "config.toml", registry, options);
-  apply_thread_setting(config);
-  Components c = build_components(config, registry);
-  const fs::path ema = run_dir / "model-ema.pt";
-  const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
-  if (c.model->trainable()) load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
-
   fs::path dir;
   if (out_dir) {
     dir = *out_dir;
     if (fs::exists(dir, ec) && !(fs::is_directory(dir, ec) && fs::is_empty(dir, ec)))
       throw InputError(dir.string() + ": the output directory exists and is not empty");
   } else {
-    fs::path base = run_dir / ("sample-" + config.component("solver").type);
+    fs::path base = run_dir / ("sample-" + run.config.component("solver").type);
     dir = base;
     for (int i = 2; fs::exists(dir, ec); ++i) dir = base.string() + "-" + std::to_string(i);
   }
   fs::create_directories(dir, ec);
   if (ec) throw InputError(dir.string() + ": cannot create: " + ec.message());
   if (log) log("sample directory: " + dir.string());
-  if (log && c.model->trainable())
-    log(use_ema ? "weights: the EMA weights (model-ema.pt)" : "weights: the raw weights (model.pt)");
-  write_file_atomic(dir / "config.toml", config.to_toml());
-  write_outputs(config, c, dir, nullptr, log);
+  log_weights(log, run.weights);
+  write_file_atomic(dir / "config.toml", run.config.to_toml());
+  write_outputs(run.config, run.components, dir, nullptr, log);
   return dir;
+}
+
+fs::path eval_job(const fs::path& run_dir, const Registry& registry, const EvalOptions& options,
+                  const Logger& log) {
+  std::vector<std::string> overrides = options.overrides;
+  if (options.nll) {
+    // One more [[metric]] entry of type nll, after the configured ones (unless one is there).
+    ConfigOptions probe;
+    probe.overrides = overrides;
+    probe.check_device = false;
+    const PipelineConfig config = load_config(run_dir / "config.toml", registry, probe);
+    bool has_nll = false;
+    for (const auto& m : config.metrics()) has_nll = has_nll || m.type == "nll";
+    if (!has_nll) overrides.push_back(fmt::format("metric[{}].type=nll", config.metrics().size()));
+  }
+  LoadedRun run = load_run(run_dir, registry, overrides);
+  const PipelineConfig& config = run.config;
+  Components& c = run.components;
+  if (c.metrics.empty())
+    throw InputError(run_dir.string() +
+                     ": the run's config has no [[metric]] to compute; add one with --set "
+                     "metric[0].type=... (or --nll)");
+
+  std::error_code ec;
+  const fs::path samples_file = run_dir / "samples.npy", labels_file = run_dir / "labels.npy";
+  // Overrides of how sampling is done mean new samples: the run's were drawn another way.
+  bool sampling_changed = false;
+  for (const auto& text : options.overrides)
+    for (const char* table : {"sample.", "solver.", "time_grid."})
+      sampling_changed = sampling_changed || text.rfind(table, 0) == 0;
+  const bool fresh = options.fresh || sampling_changed || !fs::exists(samples_file, ec);
+  json result;
+  torch::Tensor samples, labels;
+  if (fresh) {
+    log_weights(log, run.weights);
+    json sampling;
+    SampleResult s = sample_logged(config, c, log, sampling);
+    samples = s.samples;
+    labels = s.labels;
+    result["samples"] = "fresh";
+    result["sampling"] = sampling;
+  } else {
+    samples = read_npy(samples_file);
+    if (fs::exists(labels_file, ec)) labels = read_npy(labels_file);
+    std::vector<std::int64_t> expected = c.data().shape;
+    expected.insert(expected.begin(), samples.size(0));
+    if (samples.sizes().vec() != expected)
+      throw InputError(fmt::format("{}: samples shaped {}, but the run's data gives {}",
+                                   samples_file.string(), shape_text(samples.sizes().vec()),
+                                   shape_text(expected)));
+    if (labels.defined() && (labels.dim() != 1 || labels.size(0) != samples.size(0)))
+      throw InputError(fmt::format("{}: {} labels for {} samples", labels_file.string(),
+                                   labels.dim() == 1 ? labels.size(0) : -1, samples.size(0)));
+    log_weights(log, run.weights);
+    if (log) log(fmt::format("eval: the run's {} samples (samples.npy)", samples.size(0)));
+    result["samples"] = "samples.npy";
+  }
+  json metrics = metrics_json(evaluate(config, c, samples.to(torch::kFloat32), labels), log);
+  result["metrics"] = metrics["metrics"];
+  result["metric_details"] = metrics["metric_details"];
+  if (!run.weights.empty()) result["weights"] = run.weights;
+  const fs::path out = options.out ? *options.out : run_dir / "eval.json";
+  write_file_atomic(out, result.dump(2) + "\n");
+  return out;
 }
 
 }  // namespace pathline

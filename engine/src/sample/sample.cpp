@@ -56,6 +56,26 @@ std::vector<double> solver_times(const Components& c, double t0, double t1) {
   return times;
 }
 
+SamplingInterval sampling_interval(const PipelineConfig& config, const Components& c) {
+  const Params& sp = config.table("sample");
+  const auto [safe_start, safe_end] = c.parameterization->safe_interval(*c.path);
+  SamplingInterval interval;
+  interval.t_start = sp.real_or("t_start", safe_start);
+  interval.t_end = sp.real_or("t_end", safe_end);
+  const std::string& final_step = sp.string("final_step");
+  interval.denoise = final_step == "denoise" ||
+                     (final_step == "auto" && interval.t_end < 1.0 && interval.t_start < interval.t_end);
+  if (interval.t_start == interval.t_end)
+    throw InputError(
+        fmt::format("sample.t_start and sample.t_end are both {}: nothing to integrate", interval.t_start));
+  if (interval.denoise && interval.t_end < interval.t_start)
+    throw InputError(
+        fmt::format("sample.final_step = \"denoise\" jumps to the data, but the interval runs "
+                    "backwards (t_start = {} > t_end = {})",
+                    interval.t_start, interval.t_end));
+  return interval;
+}
+
 torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data, std::int64_t n) {
   if (!data.labelled()) return {};
   std::vector<std::int64_t> cycle = config.table("sample").int_list("labels");
@@ -79,15 +99,19 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
   ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.real("guidance_scale"),
                    wants_bf16(sp.string("precision")));
 
-  const double t_start = sp.real("t_start"), t_end = sp.real("t_end");
+  SampleResult result;
+  result.interval = sampling_interval(config, c);
+  const auto [t_start, t_end, denoise] = result.interval;
   if (!(t_start < t_end))
-    throw InputError(fmt::format("sample.t_start = {} must be below sample.t_end = {}", t_start, t_end));
+    throw InputError(
+        fmt::format("sample.t_start = {} must be below sample.t_end = {} to sample (t runs "
+                    "from noise at 0 to data at 1)",
+                    t_start, t_end));
   const std::vector<double> times = solver_times(c, t_start, t_end);
   // x_{t_start} = alpha x1 + sigma x0 with x1 unknown: start from sigma_{t_start} x0 (x0 itself for
   // paths that start at pure source; sigma_max x0 for variance-exploding ones).
   const double prior_scale = field.coefficients(t_start).sigma.item<double>();
 
-  SampleResult result;
   result.labels = sampling_labels(config, c.data(), n);
   std::vector<torch::Tensor> chunks, states;
   const auto start = std::chrono::steady_clock::now();
@@ -101,10 +125,18 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
     request.times = times;
     request.generator = &gen;
     if (done == 0 && traj_count > 0)
-      request.observer = [&](double, const torch::Tensor& x) {
+      request.observer = [&](double t, const torch::Tensor& x) {
+        result.times.push_back(t);  // an adaptive solver's own steps, not the grid's
         states.push_back(x.narrow(0, 0, traj_count).to(torch::kCPU).clone());
       };
-    chunks.push_back(c.solver->solve(field, x0, request).to(torch::kCPU));
+    torch::Tensor x = c.solver->solve(field, x0, request);
+    for (const auto& [key, value] : c.solver->statistics()) result.solver_statistics[key] += value;
+    if (denoise) {
+      // The last step: from x(t_end) straight to the predicted data (one evaluation).
+      x = field.data(x, t_end);
+      if (request.observer) request.observer(1.0, x);
+    }
+    chunks.push_back(x.to(torch::kCPU));
     if (done == 0) result.nfe = field.evaluations();
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

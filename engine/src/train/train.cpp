@@ -45,6 +45,8 @@ const std::map<std::string, LossWeighting>& loss_weightings() {
       // 1 / sigma_t^2, capped at 1e4 where sigma_t -> 0.
       {"sigma_sqrt", [](const PathCoefficients& c,
                         const torch::Tensor&) { return c.sigma.square().clamp_min(1e-4).reciprocal(); }},
+      // sigma_t^2: the score target -x0 / sigma_t, weighted so, is the noise target's size.
+      {"sigma_squared", [](const PathCoefficients& c, const torch::Tensor&) { return c.sigma.square(); }},
       // The density of cosmap time sampling, 2 / (pi (1 - 2 s + 2 s^2)).
       {"cosmap",
        [](const PathCoefficients& c, const torch::Tensor& t) {
@@ -70,7 +72,9 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
       ema_warmup_(config.table("train").boolean("ema_warmup")),
       bf16_(wants_bf16(config.table("train").string("precision"))) {
   const Params& tp = config.table("train");
-  const std::string& weighting = tp.string("loss_weighting");
+  std::string weighting = tp.string("loss_weighting");
+  if (weighting == "auto")
+    weighting = components.parameterization->predicts() == Quantity::score ? "sigma_squared" : "none";
   auto it = loss_weightings().find(weighting);
   if (it == loss_weightings().end())
     throw InputError("train.loss_weighting: unknown weighting '" + weighting + "'");

@@ -12,11 +12,14 @@ inline const char* to_string(Direction d) {
 }
 
 struct MetricInput {
-  torch::Tensor generated;             // [N, *shape] on the CPU
-  torch::Tensor generated_labels;      // [N] int64: the class each sample was asked for; undefined if none
-  torch::Tensor reference;             // [M, *shape] fresh data on the CPU
-  torch::Tensor reference_labels;      // [M] int64, or undefined
-  VectorField* field = nullptr;        // the trained model as a vector field (likelihood metrics)
+  torch::Tensor generated;         // [N, *shape] on the CPU
+  torch::Tensor generated_labels;  // [N] int64: the class each sample was asked for; undefined if none
+  torch::Tensor reference;         // [M, *shape] fresh data on the CPU
+  torch::Tensor reference_labels;  // [M] int64, or undefined
+  VectorField* field = nullptr;    // the trained model as a vector field (likelihood metrics)
+  // The sampling interval the engine resolved ([sample] t_start and t_end; "auto" ends come from
+  // the parameterization's safe interval): where `field` may be evaluated.
+  double t_start = 0.0, t_end = 1.0;
   at::Generator* generator = nullptr;  // for metrics that draw (projections, probes)
 };
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -60,6 +61,9 @@ struct PATHLINE_API ParamSpec {
   std::optional<std::size_t> list_size;      // for lists: exact length
   std::optional<std::size_t> list_min_size;  // for lists: at least this many elements
   std::optional<std::int64_t> multiple;      // for ParamType::integer: must be a multiple of this
+  // For ParamType::real: the string "auto" is also accepted, meaning "let the engine (or the
+  // component) choose"; it is held as NaN (Params::is_auto) and written back as "auto".
+  bool allows_auto = false;
 
   static ParamSpec boolean(std::string name, bool value, std::string doc) {
     return make(std::move(name), ParamType::boolean, value, std::move(doc));
@@ -89,6 +93,22 @@ struct PATHLINE_API ParamSpec {
   // A list of strings; one_of() restricts every element to a set.
   static ParamSpec string_list(std::string name, std::vector<std::string> value, std::string doc) {
     return make(std::move(name), ParamType::string_list, std::move(value), std::move(doc));
+  }
+
+  // A float that may also be "auto", with "auto" as its default: ParamSpec::real_auto("t_start",
+  // "...").range(0, 1). The component reads Params::is_auto(key) before Params::real(key).
+  static ParamSpec real_auto(std::string name, std::string doc) {
+    ParamSpec spec = make(std::move(name), ParamType::real, auto_value(), std::move(doc));
+    spec.allows_auto = true;
+    return spec;
+  }
+  // The value that stands for "auto" (a quiet NaN, which no number a user writes can be).
+  static double auto_value() { return std::numeric_limits<double>::quiet_NaN(); }
+  // Accepts "auto" besides numbers (the default stays what it was).
+  ParamSpec or_auto() const {
+    ParamSpec copy = *this;
+    copy.allows_auto = true;
+    return copy;
   }
 
   // The key has no default and must be given.
@@ -179,7 +199,7 @@ struct FormatValueVisitor {
   std::string operator()(bool v) const { return v ? "true" : "false"; }
   std::string operator()(std::int64_t v) const { return std::to_string(v); }
   std::string operator()(double v) const {
-    if (std::isnan(v)) return "nan";
+    if (std::isnan(v)) return "\"auto\"";  // NaN only ever stands for "auto" (ParamSpec::allows_auto)
     if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
     // The shortest text that reads back as the same double.
     char buffer[32];
@@ -234,6 +254,17 @@ class PATHLINE_API Params {
   }
   const std::vector<std::string>& string_list(const std::string& key) const {
     return get<std::vector<std::string>>(key);
+  }
+
+  // True when a float parameter declared with or_auto() / real_auto() is "auto".
+  bool is_auto(const std::string& key) const {
+    const ParamValue& v = at(key);
+    auto* d = std::get_if<double>(&v);
+    return d && std::isnan(*d);
+  }
+  // The float, or `fallback` when it is "auto".
+  double real_or(const std::string& key, double fallback) const {
+    return is_auto(key) ? fallback : real(key);
   }
 
   bool contains(const std::string& key) const { return values_.count(key) != 0; }

@@ -46,6 +46,9 @@ class PATHLINE_API Solver {
   virtual std::int64_t grid_steps() const = 0;
   // Integrates from x at req.t0() to req.t1() and returns the final state, shaped like x.
   virtual torch::Tensor solve(VectorField& field, torch::Tensor x, const SolveRequest& req) = 0;
+  // Counts worth reporting about the last solve(), by name (an adaptive solver's "accepted_steps"
+  // and "rejected_steps"); the engine logs them and writes them to summary.json. None by default.
+  virtual std::map<std::string, double> statistics() const { return {}; }
 };
 
 // The base of every one-step method on the engine's grid: declare `steps` with steps_param(), and

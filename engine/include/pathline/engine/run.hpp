@@ -36,4 +36,17 @@ PATHLINE_API std::filesystem::path sample_job(const std::filesystem::path& run_d
                                               const std::optional<std::filesystem::path>& out_dir,
                                               const Logger& log);
 
+// `pathline eval RUN_DIR`: the configured metrics of a run (with overrides) on its samples.npy (and
+// labels.npy), or on fresh samples when `fresh` or when the run has none (a train-only run), into
+// RUN_DIR/eval.json (or `out`), written atomically: a failure leaves any earlier eval.json as it was.
+// `nll` adds a likelihood metric (type nll) when the config has none. Returns the file written.
+struct EvalOptions {
+  std::vector<std::string> overrides;
+  bool fresh = false;
+  bool nll = false;
+  std::optional<std::filesystem::path> out;
+};
+PATHLINE_API std::filesystem::path eval_job(const std::filesystem::path& run_dir, const Registry& registry,
+                                            const EvalOptions& options, const Logger& log);
+
 }  // namespace pathline

@@ -36,6 +36,17 @@ class PATHLINE_API ModelField final : public VectorField {
   std::int64_t evaluations_ = 0;
 };
 
+// Where sampling integrates, resolved from [sample] t_start, t_end and final_step. "auto" ends come
+// from the parameterization's safe_interval on the path (noise and score predictions start past
+// t = 0, where they say nothing about the data; data prediction stops short of t = 1); an explicit
+// value is kept as written. `denoise`: after the solver, one more evaluation jumps from x(t_end) to
+// the predicted data x1_hat (final_step = "denoise", or "auto" with t_end < 1).
+struct SamplingInterval {
+  double t_start = 0.0, t_end = 1.0;
+  bool denoise = false;
+};
+PATHLINE_API SamplingInterval sampling_interval(const PipelineConfig& config, const Components& components);
+
 // The times a solver steps through: the time grid cut into the solver's grid_steps() (just the two
 // ends for an adaptive solver).
 PATHLINE_API std::vector<double> solver_times(const Components& components, double t0, double t1);
@@ -49,7 +60,11 @@ struct SampleResult {
   torch::Tensor samples;       // [n, *shape]
   torch::Tensor labels;        // [n] int64 asked-for labels, or undefined
   torch::Tensor trajectories;  // [steps + 1, K, *shape], or undefined
-  std::int64_t nfe = 0;        // model evaluations per sample batch
+  std::vector<double> times;   // the time of each trajectory frame (empty without trajectories)
+  SamplingInterval interval;
+  std::int64_t nfe = 0;  // model evaluations per sample batch (the first)
+  // The solver's statistics() (accepted and rejected steps, ...), summed over the batches.
+  std::map<std::string, double> solver_statistics;
   double seconds = 0.0;
 };
 
