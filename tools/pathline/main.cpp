@@ -259,6 +259,16 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
   return kOk;
 }
 
+// The RUN_DIR positional of `sample` and `eval`, checked to be a run directory.
+std::string run_dir_argument(const po::variables_map& vm) {
+  std::string run = required_positional(vm, "run", "RUN_DIR (a run directory)");
+  std::error_code ec;
+  if (!std::filesystem::is_directory(run, ec)) throw UsageError(run + ": no such run directory");
+  if (!std::filesystem::is_regular_file(std::filesystem::path(run) / "config.toml", ec))
+    throw UsageError(run + ": not a run directory (no config.toml)");
+  return run;
+}
+
 int cmd_sample(const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("run", po::value<std::string>(),
@@ -268,11 +278,7 @@ int cmd_sample(const std::vector<std::string>& args) {
   auto vm = parse("sample", args, options, single_positional("run"),
                   "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR]");
   if (!vm) return kOk;
-  std::string run = required_positional(*vm, "run", "RUN_DIR (a run directory)");
-  std::error_code ec;
-  if (!std::filesystem::is_directory(run, ec)) throw UsageError(run + ": no such run directory");
-  if (!std::filesystem::is_regular_file(std::filesystem::path(run) / "config.toml", ec))
-    throw UsageError(run + ": not a run directory (no config.toml)");
+  const std::string run = run_dir_argument(*vm);
   Session s;
   s.load(*vm);
   std::optional<std::filesystem::path> out;
@@ -294,11 +300,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   auto vm = parse("eval", args, options, single_positional("run"),
                   "RUN_DIR [--set metric[0].samples=500 ...] [--fresh] [--nll] [--out FILE]");
   if (!vm) return kOk;
-  std::string run = required_positional(*vm, "run", "RUN_DIR (a run directory)");
-  std::error_code ec;
-  if (!std::filesystem::is_directory(run, ec)) throw UsageError(run + ": no such run directory");
-  if (!std::filesystem::is_regular_file(std::filesystem::path(run) / "config.toml", ec))
-    throw UsageError(run + ": not a run directory (no config.toml)");
+  const std::string run = run_dir_argument(*vm);
   Session s;
   s.load(*vm);
   EvalOptions eval;
