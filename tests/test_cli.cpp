@@ -24,7 +24,7 @@ TEST(Cli, VersionAndHelp) {
   EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 3, LibTorch ") + TORCH_VERSION + ")\n");
   EXPECT_EQ(run_cli("--help").code, 0);
   EXPECT_EQ(run_cli("").code, 2);
-  for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "sample", "eval"}) {
+  for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "resume", "sample", "eval"}) {
     auto h = run_cli(cmd + " --help");
     EXPECT_EQ(h.code, 0) << cmd;
     EXPECT_EQ(h.out.rfind("Usage: pathline " + cmd, 0), 0u) << h.out;

@@ -1,7 +1,9 @@
-// The `pathline` command line: plugins, inspect, validate, run, train, sample.
-// Exit codes: 0 success, 2 bad usage or invalid config, 1 failure while running.
+// The `pathline` command line: plugins, inspect, validate, run, train, resume, sample, eval.
+// Exit codes: 0 success, 2 bad usage or invalid config, 1 failure while running, 130 / 143 training
+// stopped by SIGINT / SIGTERM (after a checkpoint).
 // Results go to stdout; messages, progress and errors go to stderr.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <boost/program_options.hpp>
 #include <cstdlib>
@@ -34,6 +36,7 @@ const char* kCommands =
     "  validate CONFIG      check a pipeline config and report every problem\n"
     "  run CONFIG           train, sample and evaluate; writes a run directory\n"
     "  train CONFIG         train only; writes a run directory with the weights\n"
+    "  resume RUN_DIR       continue a stopped or killed run from its latest good checkpoint\n"
     "  sample RUN_DIR       sample and evaluate a trained run, optionally with another solver\n"
     "  eval RUN_DIR         compute a run's metrics (and nll) on its samples or fresh ones into eval.json\n"
     "\nRun 'pathline COMMAND --help' for a command's options.\n";
@@ -93,8 +96,41 @@ void print_notes(const PipelineConfig& config) {
   for (const auto& note : config.notes) std::cerr << "note: " << note << "\n";
 }
 
+// stderr: log lines, and on a terminal one live progress line rewritten in place (cleared before
+// the next log line). Not on a terminal (CI, a log file, | tee) there is no live line: the engine
+// prints plain progress lines instead.
+class Console {
+ public:
+  static Console& get() {
+    static Console console;
+    return console;
+  }
+  bool is_terminal() const { return terminal_; }
+  void line(const std::string& text) {
+    end_live();
+    std::cerr << text << "\n";
+  }
+  void live(const std::string& text) {
+    std::cerr << "\r\033[K" << text << std::flush;
+    pending_ = true;
+  }
+  void end_live() {
+    if (pending_) std::cerr << "\r\033[K" << std::flush;
+    pending_ = false;
+  }
+
+ private:
+  Console() {
+    const char* term = std::getenv("TERM");
+    terminal_ = ::isatty(STDERR_FILENO) == 1 && !(term && std::string(term) == "dumb");
+  }
+  bool terminal_ = false, pending_ = false;
+};
+
 Logger stderr_logger() {
-  return [](const std::string& line) { std::cerr << line << "\n"; };
+  if (Console::get().is_terminal())
+    set_live_progress([](const std::string& text) { Console::get().live(text); });
+  return [](const std::string& line) { Console::get().line(line); };
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -254,6 +290,7 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
   if (vm->count("run-dir")) job.run_dir = (*vm)["run-dir"].as<std::string>();
   job.overwrite = vm->count("overwrite") != 0;
   job.do_sample = command == "run";
+  job.handle_signals = true;
   auto dir = run_job(config, s.registry, job, stderr_logger());
   std::cout << dir.string() << "\n";
   return kOk;
@@ -269,21 +306,46 @@ std::string run_dir_argument(const po::variables_map& vm) {
   return run;
 }
 
+int cmd_resume(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("run", po::value<std::string>(),
+                        "a run directory made by 'pathline run' or 'pathline train'");
+  add_set_option(options);
+  auto vm = parse("resume", args, options, single_positional("run"),
+                  "RUN_DIR [--set key=value ...] (only keys that do not affect training may change)");
+  if (!vm) return kOk;
+  const std::string run = run_dir_argument(*vm);
+  Session s;
+  s.load(*vm);
+  ResumeOptions resume;
+  resume.overrides = overrides_of(*vm);
+  resume.handle_signals = true;
+  auto dir = resume_job(run, s.registry, resume, stderr_logger());
+  std::cout << dir.string() << "\n";
+  return kOk;
+}
+
 int cmd_sample(const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("run", po::value<std::string>(),
                         "a run directory made by 'pathline run' or 'pathline train'")(
-      "out", po::value<std::string>(), "write here (default: a new RUN_DIR/sample-<solver>)");
+      "out", po::value<std::string>(), "write here (default: a new RUN_DIR/sample-<solver>)")(
+      "weights", po::value<std::string>(),
+      "sample with this weights file: model.pt, model-ema.pt or a .safetensors file with the model's "
+      "parameter "
+      "names (default: the run's EMA weights, or its raw ones)");
   add_set_option(options);
   auto vm = parse("sample", args, options, single_positional("run"),
-                  "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR]");
+                  "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR] [--weights FILE]");
   if (!vm) return kOk;
   const std::string run = run_dir_argument(*vm);
   Session s;
   s.load(*vm);
   std::optional<std::filesystem::path> out;
   if (vm->count("out")) out = (*vm)["out"].as<std::string>();
-  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger());
+  std::optional<std::filesystem::path> weights;
+  if (vm->count("weights")) weights = (*vm)["weights"].as<std::string>();
+  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights);
   std::cout << dir.string() << "\n";
   return kOk;
 }
@@ -334,24 +396,33 @@ int dispatch(int argc, char** argv) {
     if (command == "inspect") return cmd_inspect(rest);
     if (command == "validate") return cmd_validate(rest);
     if (command == "run" || command == "train") return cmd_run(command, rest);
+    if (command == "resume") return cmd_resume(rest);
     if (command == "sample") return cmd_sample(rest);
     if (command == "eval") return cmd_eval(rest);
+  } catch (const Interrupted& e) {
+    Console::get().line(std::string("pathline ") + command + ": " + e.what());
+    return 128 + e.signal;
   } catch (const UsageError& e) {
+    Console::get().end_live();
     std::cerr << "pathline " << command << ": " << e.what() << " (see 'pathline " << command << " --help')\n";
     return kUsage;
   } catch (const ConfigError& e) {
+    Console::get().end_live();
     for (const auto& line : e.problems()) std::cerr << line << "\n";
     return kUsage;
   } catch (const c10::Error& e) {
+    Console::get().end_live();
     std::string what = e.what_without_backtrace();
     std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
     return kFailure;
   } catch (const std::exception& e) {
+    Console::get().end_live();
     std::string what = e.what();
     std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
     return kFailure;
   }
-  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run", "train", "sample", "eval"};
+  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run",
+                                       "train",   "resume",  "sample",   "eval"};
   std::string suggestion = closest_match(command, commands);
   std::cerr << "pathline: unknown command '" << command << "'"
             << (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") << "\n\n"

@@ -83,13 +83,35 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
       {"train",
        {ParamSpec::integer("steps", 2000, "optimizer steps").at_least(0),
         ParamSpec::integer("batch_size", 1024, "samples per step").at_least(1),
-        ParamSpec::real("lr", 1e-3, "AdamW learning rate").greater_than(0),
-        ParamSpec::real_list("betas", {0.9, 0.999}, "AdamW betas").size(2).range(0, 1).less_than(1),
-        ParamSpec::real("weight_decay", 0.0, "AdamW decoupled weight decay").at_least(0),
-        ParamSpec::choice("lr_schedule", {"constant", "cosine"}, "constant",
-                          "learning-rate schedule after warm-up (cosine decays to 0 at the last step)"),
+        ParamSpec::choice(
+            "optimizer", {"adamw", "adam"}, "adamw",
+            "adamw: Adam with decoupled weight decay (Loshchilov & Hutter 2019); adam: Adam with "
+            "weight_decay as an L2 term added to the gradient (Kingma & Ba 2015)"),
+        ParamSpec::real("lr", 1e-3, "peak learning rate (after warm-up)").greater_than(0),
+        ParamSpec::real_list("betas", {0.9, 0.999}, "Adam's betas (first and second moment decay)")
+            .size(2)
+            .range(0, 1)
+            .less_than(1),
+        ParamSpec::real("eps", 1e-8, "Adam's epsilon, added to the root of the second moment")
+            .greater_than(0),
+        ParamSpec::real("weight_decay", 0.0, "weight decay (decoupled for adamw, L2 for adam)").at_least(0),
+        ParamSpec::choice("lr_schedule", {"constant", "cosine", "linear"}, "constant",
+                          "learning rate after warm-up: constant, cosine decay to 0 at the last step, or "
+                          "linear decay to 0 at the last step"),
         ParamSpec::integer("warmup_steps", 0, "linear learning-rate warm-up steps").at_least(0),
         ParamSpec::real("grad_clip", 0.0, "clip the gradient's global norm to this; 0 disables").at_least(0),
+        ParamSpec::integer("accumulate", 1,
+                           "micro-batches per step: each step's batch_size samples go through the model in "
+                           "this many parts whose gradients add up (the same update, less memory)")
+            .at_least(1),
+        ParamSpec::choice("on_nonfinite", {"stop", "skip"}, "stop",
+                          "a NaN or infinite loss or gradient: stop (before the update; the last checkpoint "
+                          "stays) or skip (drop that batch, count it in the log)"),
+        ParamSpec::integer("checkpoint_every", 500,
+                           "write a checkpoint (weights, EMA, optimizer, generators, data order) every this "
+                           "many steps, and always at the end; 0: only at the end")
+            .at_least(0),
+        ParamSpec::integer("keep_checkpoints", 2, "how many of the newest checkpoints to keep").at_least(1),
         ParamSpec::real("ema_decay", 0.999,
                         "exponential moving average of the weights, kept beside the raw ones (model-ema.pt) "
                         "and used for sampling by default; 0 disables")
@@ -113,7 +135,11 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
                         "learns the unconditional field for guidance")
             .range(0, 1)
             .less_than(1),
-        ParamSpec::integer("log_every", 100, "write a metrics.csv row every this many steps").at_least(1)}},
+        ParamSpec::integer("log_every", 100, "write a metrics.csv row every this many steps").at_least(1),
+        ParamSpec::integer("progress_every", 0,
+                           "when the output is not a terminal, a progress line every this many steps (0: "
+                           "5 x log_every); a terminal gets one live line instead")
+            .at_least(0)}},
       {"sample",
        {ParamSpec::integer("n", 10000, "samples to generate").at_least(1),
         ParamSpec::integer("batch_size", 10000, "samples integrated at once").at_least(1),

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
 #include "pathline/engine/run.hpp"
@@ -11,6 +12,16 @@ namespace pathline {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+namespace {
+Logger& live_slot() {
+  static Logger live;
+  return live;
+}
+}  // namespace
+
+void set_live_progress(Logger live) { live_slot() = std::move(live); }
+const Logger& live_progress() { return live_slot(); }
 
 fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::path>& explicit_dir,
                         bool overwrite) {
@@ -176,6 +187,8 @@ std::string describe_model(const PipelineConfig& config, const Components& c) {
 
 json train_json(const TrainResult& trained) {
   json j = {{"steps", trained.steps},
+            {"resumed_from", trained.resumed_from},
+            {"skipped_batches", trained.skipped},
             {"final_loss", number(trained.final_loss)},
             {"seconds", number(trained.seconds)},
             {"samples_per_second", number(trained.samples_per_second)}};
@@ -214,7 +227,22 @@ json metrics_json(const std::vector<MetricRecord>& metrics, const Logger& log) {
 
 // Samples with the config's solver, logs how, and describes it for summary.json / eval.json.
 SampleResult sample_logged(const PipelineConfig& config, Components& c, const Logger& log, json& sampling) {
-  SampleResult s = sample(config, c);
+  // Progress for runs of several batches: the live line, or a plain line at most every 10 seconds.
+  double last_plain = 0.0;
+  SampleProgress progress = [&](std::int64_t done, std::int64_t total, double seconds) {
+    if (done >= total && seconds < 10.0) return;
+    const double eta = seconds / static_cast<double>(done) * static_cast<double>(total - done);
+    const std::string text =
+        fmt::format("sample: {}/{} samples  {:.1f}s  ETA {:.0f}s", done, total, seconds, eta);
+    if (const Logger& live = live_progress()) {
+      live(text);
+    } else if (log && done < total && seconds - last_plain >= 10.0) {
+      last_plain = seconds;
+      log(text);
+    }
+  };
+  const bool batches = config.table("sample").integer("n") > config.table("sample").integer("batch_size");
+  SampleResult s = sample(config, c, batches ? progress : SampleProgress());
   if (log)
     log(fmt::format("sample: {} samples, solver {} {} from t = {} to {}{} ({} NFE) in {:.2f}s",
                     s.samples.size(0), config.component("solver").type,
@@ -263,7 +291,8 @@ struct LoadedRun {
 };
 
 LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
-                   const std::vector<std::string>& overrides) {
+                   const std::vector<std::string>& overrides,
+                   const std::optional<fs::path>& weights_file = std::nullopt) {
   std::error_code ec;
   if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
   ConfigOptions options;
@@ -274,7 +303,14 @@ LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
   const fs::path ema = run_dir / "model-ema.pt";
   const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
   std::string weights;
-  if (c.model->trainable()) {
+  if (weights_file) {
+    // A weights file given explicitly: a LibTorch archive (model.pt, model-ema.pt) or safetensors.
+    if (weights_file->extension() == ".safetensors")
+      load_named_weights(*c.model, read_safetensors(*weights_file), *weights_file);
+    else
+      load_weights(*c.model, *weights_file);
+    weights = weights_file->string();
+  } else if (c.model->trainable()) {
     load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
     weights = use_ema ? "model-ema.pt" : "model.pt";
   }
@@ -284,7 +320,39 @@ LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
 void log_weights(const Logger& log, const std::string& weights) {
   if (log && !weights.empty())
     log(weights == "model-ema.pt" ? "weights: the EMA weights (model-ema.pt)"
-                                  : "weights: the raw weights (model.pt)");
+        : weights == "model.pt"   ? "weights: the raw weights (model.pt)"
+                                  : "weights: " + weights);
+}
+
+// After training: the weights (raw, and EMA beside them), the loss curve, and for `run` the
+// samples, metrics, pictures and summary.json (always written last: its presence means done).
+void finish_run(const PipelineConfig& config, Components& c, const fs::path& dir, const TrainResult& trained,
+                bool do_sample, const Logger& log) {
+  // model.safetensors: the EMA weights when kept, else the raw ones, under the module tree's names,
+  // for use outside Pathline.
+  const std::map<std::string, std::string> metadata = {
+      {"pathline.model", config.component("model").type},
+      {"pathline.weights", trained.ema.empty() ? "raw" : "ema"}};
+  if (trained.ema.empty()) {
+    if (c.model->trainable()) {
+      save_weights(*c.model, dir / "model.pt");
+      write_safetensors(dir / "model.safetensors", named_weights(*c.model), metadata);
+    }
+  } else {
+    // model.pt (raw) and model-ema.pt side by side; the model keeps the weights sampling uses.
+    std::vector<torch::Tensor> in_use = swap_parameters(*c.model, trained.raw);
+    save_weights(*c.model, dir / "model.pt");
+    swap_parameters(*c.model, trained.ema);
+    save_weights(*c.model, dir / "model-ema.pt");
+    write_safetensors(dir / "model.safetensors", named_weights(*c.model), metadata);
+    swap_parameters(*c.model, in_use);
+  }
+  write_loss_curve(dir, trained);
+  if (do_sample) {
+    write_outputs(config, c, dir, &trained, log);
+  } else {
+    write_file_atomic(dir / "summary.json", json{{"train", train_json(trained)}}.dump(2) + "\n");
+  }
 }
 
 }  // namespace
@@ -297,30 +365,74 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   if (log) log("run directory: " + dir.string());
   if (log) log(describe_model(config, c));
   write_file_atomic(dir / "config.toml", config.to_toml());
-  TrainResult trained = train(config, c, dir, log);
-  if (trained.ema.empty()) {
-    if (c.model->trainable()) save_weights(*c.model, dir / "model.pt");
-  } else {
-    // model.pt (raw) and model-ema.pt side by side; the model keeps the weights sampling uses.
-    std::vector<torch::Tensor> in_use = swap_parameters(*c.model, trained.raw);
-    save_weights(*c.model, dir / "model.pt");
-    swap_parameters(*c.model, trained.ema);
-    save_weights(*c.model, dir / "model-ema.pt");
-    swap_parameters(*c.model, in_use);
-  }
-  write_loss_curve(dir, trained);
-  if (options.do_sample) {
-    write_outputs(config, c, dir, &trained, log);
-  } else {
-    write_file_atomic(dir / "summary.json", json{{"train", train_json(trained)}}.dump(2) + "\n");
-  }
+  write_file_atomic(dir / "job.json", json{{"command", options.do_sample ? "run" : "train"}}.dump(2) + "\n");
+  TrainOptions train_options;
+  train_options.live = live_progress();
+  train_options.handle_signals = options.handle_signals;
+  TrainResult trained = train(config, c, dir, log, train_options);
+  finish_run(config, c, dir, trained, options.do_sample, log);
   return dir;
+}
+
+fs::path resume_job(const fs::path& run_dir, const Registry& registry, const ResumeOptions& options,
+                    const Logger& log) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
+  ConfigOptions config_options;
+  config_options.overrides = options.overrides;
+  PipelineConfig config = load_config(run_dir / "config.toml", registry, config_options);
+  const Params& tp = config.table("train");
+  CheckpointStore store(run_dir, tp.integer("keep_checkpoints"));
+  store.remove_temporaries();
+  std::optional<Checkpoint> checkpoint = store.latest_good(log);
+  if (checkpoint) {
+    std::vector<std::string> changed =
+        changed_keys(checkpoint_training_keys(*checkpoint), training_keys(config));
+    if (!changed.empty()) {
+      std::string list;
+      for (const auto& key : changed) list += (list.empty() ? "" : ", ") + key;
+      throw InputError(
+          fmt::format("{}: cannot resume: training-relevant keys differ from checkpoint {}: {}; only "
+                      "sampling, evaluation "
+                      "and logging keys may change (start a new run to train differently)",
+                      run_dir.string(), checkpoint->file.filename().string(), list));
+    }
+  } else if (log) {
+    log(fmt::format("resume: no checkpoint in {}; training from step 0", store.folder().string()));
+  }
+  // The command the run was started with decides how it ends.
+  bool do_sample = true;
+  if (fs::exists(run_dir / "job.json", ec)) {
+    try {
+      do_sample = json::parse(read_file(run_dir / "job.json")).value("command", "run") != "train";
+    } catch (const json::exception& e) {
+      throw InputError((run_dir / "job.json").string() + ": not valid JSON: " + e.what());
+    }
+  }
+  if (checkpoint && checkpoint->step >= tp.integer("steps") && fs::exists(run_dir / "summary.json", ec)) {
+    if (log)
+      log(fmt::format("resume: {} is complete ({} steps trained); nothing to do", run_dir.string(),
+                      checkpoint->step));
+    return run_dir;
+  }
+  apply_thread_setting(config);
+  Components c = build_components(config, registry);
+  if (log) log("run directory: " + run_dir.string());
+  if (log) log(describe_model(config, c));
+  write_file_atomic(run_dir / "config.toml", config.to_toml());
+  TrainOptions train_options;
+  train_options.resume_from = checkpoint ? &*checkpoint : nullptr;
+  train_options.live = live_progress();
+  train_options.handle_signals = options.handle_signals;
+  TrainResult trained = train(config, c, run_dir, log, train_options);
+  finish_run(config, c, run_dir, trained, do_sample, log);
+  return run_dir;
 }
 
 fs::path sample_job(const fs::path& run_dir, const Registry& registry,
                     const std::vector<std::string>& overrides, const std::optional<fs::path>& out_dir,
-                    const Logger& log) {
-  LoadedRun run = load_run(run_dir, registry, overrides);
+                    const Logger& log, const std::optional<fs::path>& weights) {
+  LoadedRun run = load_run(run_dir, registry, overrides, weights);
   std::error_code ec;
   fs::path dir;
   if (out_dir) {

@@ -85,7 +85,7 @@ torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data
   return values.index({torch::arange(n, torch::kInt64) % static_cast<std::int64_t>(cycle.size())});
 }
 
-SampleResult sample(const PipelineConfig& config, Components& c) {
+SampleResult sample(const PipelineConfig& config, Components& c, const SampleProgress& progress) {
   const Params& sp = config.table("sample");
   const std::int64_t n = sp.integer("n");
   const std::int64_t batch = std::min(n, sp.integer("batch_size"));
@@ -138,6 +138,9 @@ SampleResult sample(const PipelineConfig& config, Components& c) {
     }
     chunks.push_back(x.to(torch::kCPU));
     if (done == 0) result.nfe = field.evaluations();
+    if (progress)
+      progress(done + size, n,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.samples = torch::cat(chunks);

@@ -1,12 +1,19 @@
 #include "pathline/engine/train.hpp"
 
 #include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include "../precision.hpp"
+#include "pathline/engine/checkpoint.hpp"
+#include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
 
 namespace pathline {
@@ -24,19 +31,27 @@ constexpr double kPi = 3.14159265358979323846;
 }  // namespace
 
 LearningRateSchedule::LearningRateSchedule(const Params& train)
-    : base(train.real("lr")),
-      warmup(train.integer("warmup_steps")),
-      steps(train.integer("steps")),
-      cosine(train.string("lr_schedule") == "cosine") {}
+    : base(train.real("lr")), warmup(train.integer("warmup_steps")), steps(train.integer("steps")) {
+  const std::string& name = train.string("lr_schedule");
+  shape = name == "cosine" ? Shape::cosine : name == "linear" ? Shape::linear : Shape::constant;
+}
 
 double LearningRateSchedule::at(std::int64_t step) const {
   if (warmup > 0 && step < warmup) return base * static_cast<double>(step + 1) / static_cast<double>(warmup);
-  if (cosine && steps > warmup) {
+  if (shape != Shape::constant && steps > warmup) {
     double progress = static_cast<double>(step - warmup) / static_cast<double>(steps - warmup);
-    return base * 0.5 * (1.0 + std::cos(kPi * progress));
+    if (shape == Shape::cosine) return base * 0.5 * (1.0 + std::cos(kPi * progress));
+    return base * (1.0 - progress);
   }
   return base;
 }
+
+NonFiniteError::NonFiniteError(std::int64_t step, std::string quantity, double value)
+    : Error(fmt::format("training stopped at step {}: the {} is {} (train.on_nonfinite = \"stop\")", step,
+                        quantity, std::isnan(value) ? std::string("nan") : fmt::format("{}", value))),
+      step(step),
+      quantity(std::move(quantity)),
+      value(value) {}
 
 const std::map<std::string, LossWeighting>& loss_weightings() {
   // Per-sample weights w(t) of SD3 (Esser et al. 2024); in our convention s = 1 - t is the noise level.
@@ -57,6 +72,30 @@ const std::map<std::string, LossWeighting>& loss_weightings() {
   return weightings;
 }
 
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Params& tp,
+                                                        const std::vector<torch::Tensor>& params) {
+  const auto& betas = tp.real_list("betas");
+  const double lr = tp.real("lr"), eps = tp.real("eps"), decay = tp.real("weight_decay");
+  if (tp.string("optimizer") == "adam")
+    return std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(lr).betas({betas[0], betas[1]}).eps(eps).weight_decay(decay));
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(lr).betas({betas[0], betas[1]}).eps(eps).weight_decay(decay));
+}
+
+// A testing aid: PATHLINE_FAULT=kill-in-step:N makes the process SIGKILL itself in the middle of
+// step N (after the backward pass, before the update), as a machine failure would.
+std::int64_t fault_step() {
+  const char* fault = std::getenv("PATHLINE_FAULT");
+  const std::string prefix = "kill-in-step:";
+  if (!fault || std::string(fault).rfind(prefix, 0) != 0) return -1;
+  return std::atoll(fault + prefix.size());
+}
+
+}  // namespace
+
 Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint64_t rank)
     : c_(components),
       model_(*components.model),
@@ -66,11 +105,14 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
       schedule_(config.table("train")),
       batch_(config.table("train").integer("batch_size")),
       rank_(static_cast<std::int64_t>(components.data().shape.size()) + 1),
+      accumulate_(config.table("train").integer("accumulate")),
       grad_clip_(config.table("train").real("grad_clip")),
       ema_decay_(config.table("train").real("ema_decay")),
       label_dropout_(config.table("train").real("label_dropout")),
       ema_warmup_(config.table("train").boolean("ema_warmup")),
-      bf16_(wants_bf16(config.table("train").string("precision"))) {
+      bf16_(wants_bf16(config.table("train").string("precision"))),
+      skip_nonfinite_(config.table("train").string("on_nonfinite") == "skip"),
+      fault_step_(fault_step()) {
   const Params& tp = config.table("train");
   std::string weighting = tp.string("loss_weighting");
   if (weighting == "auto")
@@ -79,10 +121,11 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
   if (it == loss_weightings().end())
     throw InputError("train.loss_weighting: unknown weighting '" + weighting + "'");
   weighting_ = it->second;
-  const auto& betas = tp.real_list("betas");
-  optimizer_ = std::make_unique<torch::optim::AdamW>(params_, torch::optim::AdamWOptions(tp.real("lr"))
-                                                                  .betas({betas[0], betas[1]})
-                                                                  .weight_decay(tp.real("weight_decay")));
+  if (accumulate_ > batch_)
+    throw InputError(
+        fmt::format("train.accumulate = {} is more micro-batches than train.batch_size = {} has samples",
+                    accumulate_, batch_));
+  optimizer_ = make_optimizer(tp, params_);
   if (ema_decay_ > 0) {
     torch::NoGradGuard no_grad;
     for (const auto& p : params_) ema_.push_back(p.detach().clone());
@@ -91,7 +134,7 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
 }
 
 torch::Tensor Trainer::step() {
-  static_cast<torch::optim::AdamWOptions&>(optimizer_->param_groups()[0].options()).lr(schedule_.at(step_));
+  optimizer_->param_groups()[0].options().set_lr(schedule_.at(step_));
   const torch::Device device = c_.context.device;
 
   Batch target = c_.dataset->sample(batch_, gen_);
@@ -102,40 +145,82 @@ torch::Tensor Trainer::step() {
   torch::Tensor t = c_.time_sampler->sample(batch_, gen_).to(device);
 
   // Label dropout: the model also learns the unconditional field, which guidance needs.
-  Condition condition;
+  torch::Tensor labels;
   if (target.labels.defined()) {
-    condition.labels = target.labels.to(device, torch::kInt64);
+    labels = target.labels.to(device, torch::kInt64);
     if (label_dropout_ > 0) {
       torch::Tensor drop = torch::rand({batch_}, gen_) < label_dropout_;
-      condition.labels = condition.labels.masked_fill(drop.to(device), kNullLabel);
+      labels = labels.masked_fill(drop.to(device), kNullLabel);
     }
   }
 
-  PathCoefficients coef = c_.path->coefficients(t).broadcast_to_rank(rank_);
-  torch::Tensor x_t = Path::interpolate(coef, source.x, target.x);
-  torch::Tensor goal = c_.parameterization->target(source.x, target.x, coef);
-  torch::Tensor output;
-  {
-    AutocastGuard autocast(bf16_, device);
-    output = model_.forward(x_t, t, condition);
-  }
-  if (output.scalar_type() != goal.scalar_type()) output = output.to(goal.scalar_type());
-  torch::Tensor weight = weighting_(coef, t);
-  torch::Tensor loss =
-      weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
-
   for (auto& p : params_) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
-  loss.backward();
+  // The whole batch is drawn at once (so that couplings see all of it and the draws do not depend
+  // on `accumulate`); the model sees it in `accumulate` micro-batches whose gradients add up.
+  torch::Tensor total;
+  for (std::int64_t k = 0, begin = 0; k < accumulate_; ++k) {
+    const std::int64_t size = batch_ / accumulate_ + (k < batch_ % accumulate_ ? 1 : 0);
+    auto part = [&](const torch::Tensor& x) { return accumulate_ == 1 ? x : x.narrow(0, begin, size); };
+    torch::Tensor t_k = part(t), x0 = part(source.x), x1 = part(target.x);
+    begin += size;
+    Condition condition;
+    if (labels.defined()) condition.labels = part(labels);
+    PathCoefficients coef = c_.path->coefficients(t_k).broadcast_to_rank(rank_);
+    torch::Tensor x_t = Path::interpolate(coef, x0, x1);
+    torch::Tensor goal = c_.parameterization->target(x0, x1, coef);
+    torch::Tensor output;
+    {
+      AutocastGuard autocast(bf16_, device);
+      output = model_.forward(x_t, t_k, condition);
+    }
+    if (output.scalar_type() != goal.scalar_type()) output = output.to(goal.scalar_type());
+    torch::Tensor weight = weighting_(coef, t_k);
+    torch::Tensor loss =
+        weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
+    if (accumulate_ > 1) loss = loss * (static_cast<double>(size) / static_cast<double>(batch_));
+    loss.backward();
+    total = total.defined() ? total + loss.detach() : loss.detach();
+  }
+  if (fault_step_ == step_ + 1) std::raise(SIGKILL);
+  ++step_;
+  last_skipped_ = false;
+
+  // A NaN or infinite loss or gradient: stop before the update spoils the weights, or drop the batch.
+  std::string bad;
+  double bad_value = total.item<double>();
+  if (!std::isfinite(bad_value)) bad = "loss";
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : params_)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  double norm = 0.0;
+  if (bad.empty() && !grads.empty()) {
+    norm = torch::stack(at::_foreach_norm(grads)).norm().item<double>();
+    if (!std::isfinite(norm)) bad = "gradient norm", bad_value = norm;
+  }
+  if (!bad.empty()) {
+    if (!skip_nonfinite_) {
+      --step_;  // the step did not happen: the state is still the one before it
+      throw NonFiniteError(step_ + 1, bad, bad_value);
+    }
+    ++skipped_;
+    last_skipped_ = true;
+    return total;
+  }
+
   if (gradient_hook) gradient_hook(params_);
-  if (grad_clip_ > 0) torch::nn::utils::clip_grad_norm_(params_, grad_clip_);
+  if (grad_clip_ > 0) {
+    // Clipping by the global norm, as torch.nn.utils.clip_grad_norm_ does (after the hook: the
+    // all-reduced gradient is the one clipped).
+    if (gradient_hook) norm = torch::stack(at::_foreach_norm(grads)).norm().item<double>();
+    if (norm > grad_clip_) at::_foreach_mul_(grads, grad_clip_ / (norm + 1e-6));
+  }
   optimizer_->step();
   if (!ema_.empty()) {
     torch::NoGradGuard no_grad;
-    const double decay = ema_decay_at(step_);
+    const double decay = ema_decay_at(step_ - 1);
     for (std::size_t i = 0; i < params_.size(); ++i) ema_[i].lerp_(params_[i], 1.0 - decay);
   }
-  ++step_;
-  return loss.detach();
+  return total;
 }
 
 double Trainer::ema_decay_at(std::int64_t step) const {
@@ -176,6 +261,7 @@ Dataset::State read_state(torch::serialize::InputArchive& archive, const std::st
 
 void Trainer::save_state(torch::serialize::OutputArchive& archive) const {
   archive.write("step", torch::tensor(step_, torch::kInt64));
+  archive.write("skipped", torch::tensor(skipped_, torch::kInt64));
   torch::serialize::OutputArchive model;
   model_.save(model);
   archive.write("model", model);
@@ -193,6 +279,8 @@ void Trainer::load_state(torch::serialize::InputArchive& archive) {
   torch::Tensor step;
   archive.read("step", step);
   step_ = step.item<std::int64_t>();
+  archive.read("skipped", step);
+  skipped_ = step.item<std::int64_t>();
   torch::serialize::InputArchive model;
   archive.read("model", model);
   model_.load(model);
@@ -215,8 +303,147 @@ void Trainer::load_state(torch::serialize::InputArchive& archive) {
   c_.source->set_state(read_state(archive, "source"));
 }
 
+namespace {
+
+// What the loop itself carries across a checkpoint, beside the trainer's state: metrics.csv so far,
+// the logged losses (for loss.png) and the current logging window.
+struct LoopState {
+  std::string csv = "step,loss,lr,elapsed_s\n";
+  std::vector<double> losses;
+  std::vector<std::int64_t> logged;
+  double window_sum = 0.0;
+  std::int64_t window_n = 0;
+  double elapsed = 0.0;  // training seconds before this process
+};
+
+std::string checkpoint_payload(const Trainer& trainer, const LoopState& loop,
+                               const std::map<std::string, std::string>& keys) {
+  torch::serialize::OutputArchive archive, state;
+  trainer.save_state(state);
+  archive.write("trainer", state);
+  archive.write("training_keys", c10::IValue(training_keys_text(keys)));
+  archive.write("config_hash", c10::IValue(config_hash(keys)));
+  archive.write("loop.csv", c10::IValue(loop.csv));
+  archive.write("loop.losses", torch::tensor(loop.losses, torch::kFloat64));
+  archive.write("loop.logged", torch::tensor(loop.logged, torch::kInt64));
+  archive.write(
+      "loop.window",
+      torch::tensor({loop.window_sum, static_cast<double>(loop.window_n), loop.elapsed}, torch::kFloat64));
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  return bytes.str();
+}
+
+torch::serialize::InputArchive open_payload(const Checkpoint& checkpoint) {
+  torch::serialize::InputArchive archive;
+  try {
+    std::istringstream in(checkpoint.payload);
+    archive.load_from(in);
+  } catch (const c10::Error& e) {
+    std::string reason = e.what_without_backtrace();
+    throw InputError(checkpoint.file.string() +
+                     ": unreadable checkpoint: " + reason.substr(0, reason.find('\n')));
+  }
+  return archive;
+}
+
+std::string read_string(torch::serialize::InputArchive& archive, const std::string& key) {
+  c10::IValue value;
+  archive.read(key, value);
+  return value.toStringRef();
+}
+
+// Restores the trainer and the loop from a checkpoint (InputError naming the file if it does not fit).
+void restore(const Checkpoint& checkpoint, Trainer& trainer, LoopState& loop) {
+  torch::serialize::InputArchive archive = open_payload(checkpoint);
+  try {
+    torch::serialize::InputArchive state;
+    archive.read("trainer", state);
+    trainer.load_state(state);
+    loop.csv = read_string(archive, "loop.csv");
+    torch::Tensor losses, logged, window;
+    archive.read("loop.losses", losses);
+    archive.read("loop.logged", logged);
+    archive.read("loop.window", window);
+    loop.losses.assign(losses.data_ptr<double>(), losses.data_ptr<double>() + losses.numel());
+    loop.logged.assign(logged.data_ptr<std::int64_t>(), logged.data_ptr<std::int64_t>() + logged.numel());
+    auto w = window.accessor<double, 1>();
+    loop.window_sum = w[0];
+    loop.window_n = static_cast<std::int64_t>(w[1]);
+    loop.elapsed = w[2];
+  } catch (const c10::Error& e) {
+    std::string reason = e.what_without_backtrace();
+    throw InputError(checkpoint.file.string() +
+                     ": checkpoint does not fit this pipeline: " + reason.substr(0, reason.find('\n')));
+  }
+  if (trainer.steps_done() != checkpoint.step)
+    throw InputError(fmt::format("{}: corrupt checkpoint: holds step {}, named step {}",
+                                 checkpoint.file.string(), trainer.steps_done(), checkpoint.step));
+}
+
+// SIGINT and SIGTERM while training: the first asks the loop to stop after the current step (and
+// write a checkpoint); a second one exits at once. Every write is atomic, so the last checkpoint
+// on disk stays whole either way.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int signal) {
+  if (g_stop_signal != 0) ::_exit(128 + signal);
+  g_stop_signal = signal;
+}
+
+class SignalGuard {
+ public:
+  explicit SignalGuard(bool active) : active_(active) {
+    if (!active_) return;
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    ::sigaction(SIGINT, &action, &old_int_);
+    ::sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~SignalGuard() {
+    if (!active_) return;
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  SignalGuard(const SignalGuard&) = delete;
+  SignalGuard& operator=(const SignalGuard&) = delete;
+
+ private:
+  bool active_;
+  struct sigaction old_int_ {
+  }, old_term_{};
+};
+
+std::string duration_text(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const auto s = static_cast<std::int64_t>(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}:{:02d}:{:02d}", s / 3600, (s / 60) % 60, s % 60);
+  return fmt::format("{}:{:02d}", s / 60, s % 60);
+}
+
+}  // namespace
+
+std::map<std::string, std::string> checkpoint_training_keys(const Checkpoint& checkpoint) {
+  torch::serialize::InputArchive archive = open_payload(checkpoint);
+  std::string text;
+  try {
+    text = read_string(archive, "training_keys");
+  } catch (const c10::Error&) {
+    throw InputError(checkpoint.file.string() + ": not a Pathline training checkpoint (no training_keys)");
+  }
+  std::map<std::string, std::string> keys;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    auto eq = line.find(" = ");
+    if (eq != std::string::npos) keys[line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  return keys;
+}
+
 TrainResult train(const PipelineConfig& config, Components& c, const std::filesystem::path& run_dir,
-                  const Logger& log) {
+                  const Logger& log, const TrainOptions& options) {
   const Params& tp = config.table("train");
   TrainResult result;
   const std::int64_t steps = tp.integer("steps");
@@ -226,54 +453,128 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
                                : "train: the model has nothing to learn; skipping training");
     return result;
   }
-  const std::int64_t log_every = tp.integer("log_every");
+  const std::int64_t log_every = tp.integer("log_every"), checkpoint_every = tp.integer("checkpoint_every");
+  const std::int64_t progress_every =
+      tp.integer("progress_every") > 0 ? tp.integer("progress_every") : 5 * log_every;
   Trainer trainer(config, c);
   const LearningRateSchedule schedule(tp);
+  const auto keys = training_keys(config);
+  const bool saving = !run_dir.empty();
+  CheckpointStore store(run_dir, tp.integer("keep_checkpoints"));
 
+  LoopState loop;
+  if (options.resume_from) {
+    restore(*options.resume_from, trainer, loop);
+    result.resumed_from = trainer.steps_done();
+    if (log)
+      log(fmt::format("resume: continuing from step {} of {} ({})", trainer.steps_done(), steps,
+                      options.resume_from->file.string()));
+  }
   std::ofstream csv;
-  if (!run_dir.empty()) {
-    csv.open(run_dir / "metrics.csv", std::ios::trunc);
-    csv << "step,loss,lr,elapsed_s\n";
+  if (saving) {
+    write_file_atomic(run_dir / "metrics.csv", loop.csv);
+    csv.open(run_dir / "metrics.csv", std::ios::app);
   }
 
+  std::filesystem::path last_checkpoint =
+      options.resume_from ? options.resume_from->file : std::filesystem::path();
+  auto save_checkpoint = [&] {
+    if (!saving) return;
+    last_checkpoint = store.save(trainer.steps_done(), checkpoint_payload(trainer, loop, keys));
+  };
+
+  SignalGuard signals(options.handle_signals);
   const auto start = Clock::now();
-  torch::Tensor window_loss =
-      torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat64).device(c.context.device));
-  std::int64_t window = 0;
-  for (std::int64_t step = 0; step < steps; ++step) {
-    window_loss += trainer.step();
-    ++window;
+  auto last_live = start - std::chrono::seconds(1);
+  const std::int64_t first = trainer.steps_done();
+  double smoothed = 0.0, smoothing_weight = 0.0;
+  for (std::int64_t step = first; step < steps; ++step) {
+    double value = 0.0;
+    try {
+      value = trainer.step().item<double>();
+    } catch (const NonFiniteError& e) {
+      throw Error(fmt::format(
+          "{}; {}; lower train.lr, set train.grad_clip, or set train.on_nonfinite = \"skip\" to drop such "
+          "batches",
+          e.what(),
+          last_checkpoint.empty() ? std::string("no checkpoint was written before it")
+                                  : "the last good checkpoint is kept: " + last_checkpoint.string()));
+    }
+    if (trainer.last_step_skipped()) {
+      // The first few are said; the rest only counted (the summary gives the total).
+      if (log && trainer.skipped_steps() <= 10)
+        log(fmt::format("train: step {}: non-finite loss or gradient; batch skipped{}", step + 1,
+                        trainer.skipped_steps() == 10 ? " (further skips are only counted)" : ""));
+    } else {
+      loop.window_sum += value;
+      ++loop.window_n;
+      // A bias-corrected exponential average for the live line.
+      smoothed = 0.95 * smoothed + 0.05 * value;
+      smoothing_weight = 0.95 * smoothing_weight + 0.05;
+    }
+    const double elapsed = seconds_since(start);
     if ((step + 1) % log_every == 0 || step + 1 == steps) {
-      double mean = window_loss.item<double>() / static_cast<double>(window);
-      window_loss.zero_();
-      window = 0;
-      if (!std::isfinite(mean))
-        throw Error(
-            fmt::format("training diverged at step {}: loss is {}; lower train.lr or set train.grad_clip",
-                        step + 1, mean));
-      result.losses.push_back(mean);
-      result.logged.push_back(step + 1);
-      result.final_loss = mean;
-      double elapsed = seconds_since(start);
-      if (csv.is_open())
-        csv << fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step), elapsed)
-            << std::flush;  // a row is there to be watched (tail -f) while the run goes on
-      if (log && ((step + 1) % (log_every * 5) == 0 || step + 1 == steps))
-        log(fmt::format("step {:>6}/{}  loss {:.5f}  lr {:.2e}  {:.1f}s", step + 1, steps, mean,
-                        schedule.at(step), elapsed));
+      if (loop.window_n > 0) {
+        const double mean = loop.window_sum / static_cast<double>(loop.window_n);
+        loop.losses.push_back(mean);
+        loop.logged.push_back(step + 1);
+        const std::string row = fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step),
+                                            loop.elapsed + elapsed);
+        loop.csv += row;
+        if (csv.is_open())
+          csv << row << std::flush;  // a row is there to be watched (tail -f) while the run goes on
+      }
+      loop.window_sum = 0.0;
+      loop.window_n = 0;
+    }
+    const double rate = static_cast<double>(step + 1 - first) / std::max(elapsed, 1e-9);
+    const std::string eta = duration_text(static_cast<double>(steps - step - 1) / rate);
+    const std::string loss_text =
+        smoothing_weight > 0 ? fmt::format("{:.5f}", smoothed / smoothing_weight) : "nan";
+    if (options.live) {
+      if (Clock::now() - last_live > std::chrono::milliseconds(200) || step + 1 == steps) {
+        last_live = Clock::now();
+        options.live(fmt::format("train: step {}/{}  loss {}  {:.1f} steps/s  ETA {}", step + 1, steps,
+                                 loss_text, rate, eta));
+      }
+    } else if (log && ((step + 1) % progress_every == 0 || step + 1 == steps)) {
+      log(fmt::format("step {:>6}/{}  loss {}  lr {:.2e}  {:.1f} steps/s  {:.1f}s  ETA {}", step + 1, steps,
+                      loss_text, schedule.at(step), rate, loop.elapsed + elapsed, eta));
+    }
+    const bool due = (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0) || step + 1 == steps;
+    if (due || g_stop_signal != 0) {
+      loop.elapsed += elapsed;
+      const double offset = elapsed;
+      save_checkpoint();
+      loop.elapsed -= offset;  // elapsed keeps counting from `start`
+    }
+    if (options.handle_signals && g_stop_signal != 0) {
+      const int signal = g_stop_signal;
+      throw Interrupted(signal,
+                        fmt::format("interrupted by {} after step {} of {}; checkpoint {}; continue with: "
+                                    "pathline resume {}",
+                                    signal == SIGINT ? "SIGINT" : "SIGTERM", step + 1, steps,
+                                    last_checkpoint.string(), run_dir.string()));
     }
   }
+  const double seconds = seconds_since(start);
+  const std::int64_t done = steps - first;
   result.steps = steps;
-  result.seconds = seconds_since(start);
-  result.samples_per_second = static_cast<double>(steps * tp.integer("batch_size")) / result.seconds;
+  result.skipped = trainer.skipped_steps();
+  result.losses = loop.losses;
+  result.logged = loop.logged;
+  result.final_loss = loop.losses.empty() ? std::nan("") : loop.losses.back();
+  result.seconds = seconds;
+  result.samples_per_second = done > 0 ? static_cast<double>(done * tp.integer("batch_size")) / seconds : 0.0;
   // A training step costs about three forward passes (forward, and backward's two products).
   if (double macs = c.model->macs_per_sample(); macs > 0)
     result.gflops = 3.0 * 2.0 * macs * result.samples_per_second / 1e9;
-  if (log)
+  if (log && done > 0)
     log(fmt::format(
-        "train: {} steps in {:.1f}s, {:.1f} samples/s{}", steps, result.seconds, result.samples_per_second,
+        "train: {} steps in {:.1f}s, {:.1f} samples/s{}{}", done, result.seconds, result.samples_per_second,
         result.gflops > 0 ? fmt::format(", {:.1f} GFLOP/s (3 x 2 x MACs per sample)", result.gflops)
-                          : std::string()));
+                          : std::string(),
+        result.skipped > 0 ? fmt::format(", {} non-finite batches skipped", result.skipped) : std::string()));
   if (trainer.has_ema()) {
     torch::NoGradGuard no_grad;
     for (const auto& p : c.model->parameters()) result.raw.push_back(p.detach().clone());

@@ -1,11 +1,13 @@
-// Files: atomic writes, .npy arrays, images (through stb), image grids.
+// Files: atomic writes, .npy arrays, safetensors weights, images (through stb), image grids.
 #pragma once
 
 #include <torch/torch.h>
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pathline/abi.hpp"
@@ -23,6 +25,35 @@ PATHLINE_API std::string read_file(const std::filesystem::path& file);
 // tensors; reads what it writes. read_npy throws InputError naming the file on anything else.
 PATHLINE_API void write_npy(const std::filesystem::path& file, const torch::Tensor& tensor);
 PATHLINE_API torch::Tensor read_npy(const std::filesystem::path& file);
+
+// Hugging Face's safetensors format: an 8-byte little-endian header length N, N bytes of JSON
+// (padded with spaces to a multiple of 8) mapping each name to {"dtype", "shape", "data_offsets"},
+// then the tensors' raw little-endian bytes, back to back. See docs/weights.md.
+//
+// Writes `tensors` in the order given (copied to the CPU, contiguous) and `metadata` as the header's
+// "__metadata__" object, atomically. Dtypes: F64, F32, F16, BF16, C64, I64, I32, I16, I8, U8, BOOL.
+// Throws InputError naming the file for an empty, duplicate or non-UTF-8 name, an undefined or
+// sparse tensor, or a dtype the format has no name for.
+PATHLINE_API void write_safetensors(const std::filesystem::path& file,
+                                    const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                    const std::map<std::string, std::string>& metadata = {});
+// Reads a safetensors file, tensors in the order of their data offsets; fills `metadata` (when
+// given) with the "__metadata__" object, or clears it. Checks the whole layout first: the header is
+// a JSON object, every dtype is known, shapes and byte ranges agree, and the tensors cover the data
+// section exactly, without gaps or overlaps. Throws InputError, "file: what is wrong", otherwise.
+PATHLINE_API std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
+    const std::filesystem::path& file, std::map<std::string, std::string>* metadata = nullptr);
+
+// A module's parameters, then its buffers, under LibTorch's dotted names ("blocks.0.attn.qkv.weight"),
+// detached (they share memory with the module). Undefined ones (a Linear without bias) are left out.
+PATHLINE_API std::vector<std::pair<std::string, torch::Tensor>> named_weights(torch::nn::Module& module);
+// Copies `tensors` by name into the module's parameters and buffers, converting dtype and device.
+// Checks first, copies after: throws InputError naming `file` (where the tensors came from) and the
+// first of the module's tensors the list lacks, the first name the module lacks, or the first shape
+// that differs, and then leaves the module untouched.
+PATHLINE_API void load_named_weights(torch::nn::Module& module,
+                                     const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                     const std::filesystem::path& file);
 
 // An 8-bit picture, row-major, `channels` interleaved bytes per pixel (1 grey, 3 RGB, 4 RGBA).
 struct Image {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "pathline/engine/build.hpp"
+#include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/evaluate.hpp"
 #include "pathline/engine/random.hpp"
 #include "pathline/engine/run.hpp"

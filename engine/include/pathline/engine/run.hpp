@@ -20,21 +20,41 @@ PATHLINE_API std::filesystem::path create_run_dir(const PipelineConfig& config,
 PATHLINE_API void save_weights(Model& model, const std::filesystem::path& file);
 PATHLINE_API void load_weights(Model& model, const std::filesystem::path& file);
 
-// `pathline run` (train, sample, evaluate) and `pathline train` (train only).
+// Where long loops (training, sampling many batches) report progress: a line rewritten in place
+// on a terminal. Unset (the default), they print plain log lines now and then instead.
+PATHLINE_API void set_live_progress(Logger live);
+PATHLINE_API const Logger& live_progress();
+
+// `pathline run` (train, sample, evaluate) and `pathline train` (train only). Training writes
+// checkpoints into RUN_DIR/checkpoints; with `handle_signals`, SIGINT or SIGTERM stop it after a
+// checkpoint (Interrupted).
 struct JobOptions {
   std::optional<std::filesystem::path> run_dir;
   bool overwrite = false;
   bool do_sample = true;
+  bool handle_signals = false;
 };
 PATHLINE_API std::filesystem::path run_job(const PipelineConfig& config, const Registry& registry,
                                            const JobOptions& options, const Logger& log);
 
+// `pathline resume RUN_DIR`: continues the run's training from its latest good checkpoint (falling
+// back past corrupt ones, saying so; from step 0 without any), with the run's config.toml and
+// overrides of keys that do not affect training (InputError naming those that do), and finishes it
+// as the run's own command (run or train) would have. A finished run is left as it is.
+struct ResumeOptions {
+  std::vector<std::string> overrides;
+  bool handle_signals = false;
+};
+PATHLINE_API std::filesystem::path resume_job(const std::filesystem::path& run_dir, const Registry& registry,
+                                              const ResumeOptions& options, const Logger& log);
+
 // `pathline sample RUN_DIR`: rebuilds the run's pipeline from its config.toml (with overrides),
-// loads its weights, samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
-PATHLINE_API std::filesystem::path sample_job(const std::filesystem::path& run_dir, const Registry& registry,
-                                              const std::vector<std::string>& overrides,
-                                              const std::optional<std::filesystem::path>& out_dir,
-                                              const Logger& log);
+// loads its weights (or `weights`: a model.pt-style archive or a .safetensors file with the model's
+// parameter names), samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
+PATHLINE_API std::filesystem::path sample_job(
+    const std::filesystem::path& run_dir, const Registry& registry, const std::vector<std::string>& overrides,
+    const std::optional<std::filesystem::path>& out_dir, const Logger& log,
+    const std::optional<std::filesystem::path>& weights = std::nullopt);
 
 // `pathline eval RUN_DIR`: the configured metrics of a run (with overrides) on its samples.npy (and
 // labels.npy), or on fresh samples when `fresh` or when the run has none (a train-only run), into

@@ -2,6 +2,8 @@
 // engine's time grid, and the sampling loop.
 #pragma once
 
+#include <functional>
+
 #include "pathline/engine/build.hpp"
 
 namespace pathline {
@@ -68,6 +70,9 @@ struct SampleResult {
   double seconds = 0.0;
 };
 
-PATHLINE_API SampleResult sample(const PipelineConfig& config, Components& components);
+// Called after each batch with the samples done, the total and the seconds so far.
+using SampleProgress = std::function<void(std::int64_t done, std::int64_t total, double seconds)>;
+PATHLINE_API SampleResult sample(const PipelineConfig& config, Components& components,
+                                 const SampleProgress& progress = {});
 
 }  // namespace pathline

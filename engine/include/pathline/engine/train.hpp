@@ -15,13 +15,31 @@ namespace pathline {
 // Progress and result lines go here (the CLI prints them to stderr).
 using Logger = std::function<void(const std::string&)>;
 
-// The learning rate at each step: linear warm-up, then constant or cosine decay to 0 at the end.
+// The learning rate at each step: linear warm-up, then constant, cosine decay to 0 at the last step,
+// or linear decay to 0 at the last step.
 struct LearningRateSchedule {
+  enum class Shape { constant, cosine, linear };
   double base = 1e-3;
   std::int64_t warmup = 0, steps = 0;
-  bool cosine = false;
+  Shape shape = Shape::constant;
   explicit LearningRateSchedule(const Params& train);
   double at(std::int64_t step) const;
+};
+
+// Training stopped on a NaN or infinite loss or gradient ([train] on_nonfinite = "stop").
+class PATHLINE_API NonFiniteError : public Error {
+ public:
+  NonFiniteError(std::int64_t step, std::string quantity, double value);
+  std::int64_t step;     // 1-based, as the logs count
+  std::string quantity;  // "loss" or "gradient norm"
+  double value;
+};
+
+// Training stopped by SIGINT or SIGTERM after a checkpoint was written; the CLI exits 128 + signal.
+class PATHLINE_API Interrupted : public Error {
+ public:
+  Interrupted(int signal, const std::string& message) : Error(message), signal(signal) {}
+  int signal;
 };
 
 // A loss weighting w(t): per-sample weights [B, 1, ...] broadcast like the coefficients, or an
@@ -36,9 +54,14 @@ class PATHLINE_API Trainer {
  public:
   Trainer(const PipelineConfig& config, Components& components, std::uint64_t rank = 0);
 
-  // One optimizer step on a fresh batch; returns the (detached) loss.
+  // One optimizer step on a fresh batch (in [train] accumulate micro-batches); returns the
+  // (detached) loss. A NaN or infinite loss or gradient throws NonFiniteError before the update
+  // (on_nonfinite = "stop") or drops the batch (on_nonfinite = "skip": the step counts, nothing is
+  // updated, last_step_skipped() says so).
   torch::Tensor step();
   std::int64_t steps_done() const { return step_; }
+  bool last_step_skipped() const { return last_skipped_; }
+  std::int64_t skipped_steps() const { return skipped_; }
 
   // Called between backward and the optimizer step with the parameters (whose .grad() are set):
   // where a data-parallel run all-reduces the gradients.
@@ -60,20 +83,24 @@ class PATHLINE_API Trainer {
   Components& c_;
   Model& model_;
   std::vector<torch::Tensor> params_;
-  std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
   std::vector<torch::Tensor> ema_;
   at::Generator gen_;
   LearningRateSchedule schedule_;
   LossWeighting weighting_;
-  std::int64_t batch_, rank_;
+  std::int64_t batch_, rank_, accumulate_;
   double grad_clip_, ema_decay_, label_dropout_;
-  bool ema_warmup_, bf16_;
-  std::int64_t step_ = 0;
+  bool ema_warmup_, bf16_, skip_nonfinite_;
+  std::int64_t fault_step_;  // PATHLINE_FAULT=kill-in-step:N (a testing aid), else -1
+  std::int64_t step_ = 0, skipped_ = 0;
+  bool last_skipped_ = false;
 };
 
 struct TrainResult {
   std::int64_t steps = 0;
-  double final_loss = 0.0;  // mean loss over the last logging window
+  std::int64_t resumed_from = 0;  // the checkpoint's step when resumed, else 0
+  std::int64_t skipped = 0;       // batches dropped for a non-finite loss or gradient
+  double final_loss = 0.0;        // mean loss over the last logging window
   double seconds = 0.0;
   double samples_per_second = 0.0;
   double gflops = 0.0;  // achieved, from the model's MACs per sample (0: unknown)
@@ -83,10 +110,24 @@ struct TrainResult {
   std::vector<std::int64_t> logged;  // the step of each entry of losses
 };
 
+// How train() reports and recovers.
+struct Checkpoint;
+struct TrainOptions {
+  // Continue from this checkpoint (verified, its training keys checked by the caller); nullptr
+  // starts at step 0.
+  const Checkpoint* resume_from = nullptr;
+  // A live progress line (rewritten in place on a terminal), at most a few times a second; when
+  // unset, a plain log line every [train] progress_every steps.
+  Logger live;
+  // Handle SIGINT and SIGTERM: finish the step, write a checkpoint, throw Interrupted.
+  bool handle_signals = false;
+};
+
 // Trains components.model in place, leaving in it the weights sampling uses (the EMA weights when
-// kept and [sample] use_ema, else the raw ones; both come back in the result), and writes
-// metrics.csv into run_dir if it is not empty.
+// kept and [sample] use_ema, else the raw ones; both come back in the result). With a run_dir it
+// writes metrics.csv and checkpoints (every [train] checkpoint_every steps and at the end).
 PATHLINE_API TrainResult train(const PipelineConfig& config, Components& components,
-                               const std::filesystem::path& run_dir, const Logger& log);
+                               const std::filesystem::path& run_dir, const Logger& log,
+                               const TrainOptions& options = {});
 
 }  // namespace pathline
