@@ -548,7 +548,7 @@ TEST(Couplings, KeepLabelsWithTheirRows) {
   auto quadrant = [](const torch::Tensor& x) {
     return (x.select(1, 0) > 0).to(torch::kLong) + 2 * (x.select(1, 1) > 0).to(torch::kLong);
   };
-  for (const std::string name : {"independent", "minibatch_ot", "sinkhorn"}) {
+  for (const std::string name : {"independent", "minibatch_ot", "sinkhorn", "conditional_ot"}) {
     SCOPED_TRACE(name);
     auto gen = generator(3);
     auto x0 = at::randn({128, 2}, gen, torch::TensorOptions().dtype(torch::kFloat32));
@@ -566,6 +566,35 @@ TEST(Couplings, KeepLabelsWithTheirRows) {
     EXPECT_FALSE(c.labels.defined());
     EXPECT_FALSE(d.labels.defined());
   }
+}
+
+// C2OT: noise moves only among the rows of one class (each class keeps the noise that independent
+// pairing gave it), and within a class the pairing is the exact OT one, the same as minibatch_ot on
+// that class alone.
+TEST(ConditionalOtCoupling, PairsOptimallyWithinEachClassOnly) {
+  auto gen = generator(11);
+  const std::int64_t n = 60;
+  auto x0 = at::randn({n, 2}, gen, torch::TensorOptions().dtype(torch::kFloat32));
+  auto labels = torch::arange(n, torch::kLong) % 3;
+  auto x1 = at::randn({n, 2}, gen, torch::TensorOptions().dtype(torch::kFloat32)) +
+            labels.unsqueeze(1).to(torch::kFloat32) * 4;
+  Batch source{x0, torch::Tensor()}, target{x1, labels};
+  auto [a, b] = make<Coupling>("conditional_ot")->couple(source, target, gen);
+  EXPECT_TRUE(torch::equal(b.x, x1));
+  EXPECT_FALSE(torch::equal(a.x, x0));
+  auto ot = make<Coupling>("minibatch_ot");
+  for (std::int64_t c = 0; c < 3; ++c) {
+    auto rows = torch::nonzero(labels == c).flatten();
+    // The same noise rows, reordered: sorted, the class's source rows are what they were.
+    auto mine = a.x.index_select(0, rows), given = x0.index_select(0, rows);
+    EXPECT_TRUE(torch::equal(std::get<0>(mine.select(1, 0).sort()), std::get<0>(given.select(1, 0).sort())));
+    auto [best, unused] = ot->couple(Batch{given, {}}, Batch{x1.index_select(0, rows), {}}, gen);
+    EXPECT_TRUE(torch::equal(mine, best.x)) << "class " << c;
+  }
+  // Unlabelled data: plain minibatch OT.
+  auto [u, v] = make<Coupling>("conditional_ot")->couple(Batch{x0, {}}, Batch{x1, {}}, gen);
+  auto [w, z] = ot->couple(Batch{x0, {}}, Batch{x1, {}}, gen);
+  EXPECT_TRUE(torch::equal(u.x, w.x));
 }
 
 TEST(UniformTime, DrawsFromUnitInterval) {

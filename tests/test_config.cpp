@@ -699,8 +699,10 @@ TEST(ConfigOverrides, AppendOneEntryAtTheEnd) {
 }
 
 TEST(ConfigOverrides, TablesCreatedBySetReportAtTheSet) {
-  EXPECT_EQ(one_problem(kBase, {"solver.steps=10"}),
-            "--set solver.steps=10: [solver]: missing key 'type'; registered solvers: euler, heun");
+  // A slot with a default type gets it: a key set on an absent [solver] is the default solver's.
+  EXPECT_TRUE(problems(kBase, {"solver.steps=10"}).empty());
+  EXPECT_EQ(parse(kBase, {"solver.steps=10"}).component("solver").type, "euler");
+  EXPECT_EQ(parse(kBase, {"solver.steps=10"}).component("solver").params.integer("steps"), 10);
   EXPECT_EQ(one_problem(kBase, {"metric.samples=10"}),
             "--set metric.samples=10: metric[0]: missing key 'type'; registered metrics: clashing, "
             "energy_distance, "

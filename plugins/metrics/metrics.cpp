@@ -1,12 +1,14 @@
-// Plugin "metrics": sample-based distances between generated and reference samples (fresh data),
-// and the likelihood of fresh data under the model (likelihood.cpp).
+// Plugin "metrics": sample-based distances between generated and reference samples (fresh data):
+// energy_distance here, wasserstein, sliced_wasserstein and mmd in point_metrics.cpp; and the
+// likelihood of fresh data under the model (likelihood.cpp). docs/metrics.md describes them all.
 #include <algorithm>
 #include <string>
 
 #include "pathline/plugin.hpp"
 
 namespace pathline_metrics {
-void register_likelihood(pathline::Registrar& registrar);  // likelihood.cpp
+void register_likelihood(pathline::Registrar& registrar);     // likelihood.cpp
+void register_point_metrics(pathline::Registrar& registrar);  // point_metrics.cpp
 }  // namespace pathline_metrics
 
 namespace {
@@ -67,6 +69,7 @@ void register_metrics(pathline::Registrar& registrar) {
       "squared energy distance 2E|X-Y| - E|X-X'| - E|Y-Y'| between the empirical measures",
       {ParamSpec::integer("max_samples", 10000, "use at most this many of each set (the first)")
            .at_least(1)}});
+  pathline_metrics::register_point_metrics(registrar);
   pathline_metrics::register_likelihood(registrar);
 }
 

@@ -14,6 +14,7 @@
 
 #include "pathline/engine/config.hpp"
 #include "pathline/engine/host.hpp"
+#include "pathline/engine/io.hpp"
 #include "pathline/engine/pipeline.hpp"
 
 namespace po = boost::program_options;
@@ -38,6 +39,7 @@ const char* kCommands =
     "  train CONFIG         train only; writes a run directory with the weights\n"
     "  resume RUN_DIR       continue a stopped or killed run from its latest good checkpoint\n"
     "  sample RUN_DIR       sample and evaluate a trained run, optionally with another solver\n"
+    "  ablate CONFIG        run every variant of the config's [ablation] sweep; results.csv, .md and charts\n"
     "  eval RUN_DIR         compute a run's metrics (and nll) on its samples or fresh ones into eval.json\n"
     "\nRun 'pathline COMMAND --help' for a command's options.\n";
 
@@ -306,6 +308,37 @@ std::string run_dir_argument(const po::variables_map& vm) {
   return run;
 }
 
+int cmd_ablate(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("config", po::value<std::string>(), "pipeline TOML file with an [ablation] table")(
+      "jobs,j", po::value<int>()->default_value(1), "variants run at once; the cores are split between them")(
+      "out", po::value<std::string>(), "the ablation directory (default: <run.dir>/<config stem>-ablation)")(
+      "dry-run", "expand and validate the sweep, list the variants, run nothing");
+  add_set_option(options);
+  auto vm = parse("ablate", args, options, single_positional("config"),
+                  "CONFIG [--jobs N] [--out DIR] [--set key=value ...] [--dry-run]");
+  if (!vm) return kOk;
+  std::string file =
+      required_positional(*vm, "config", "CONFIG (a pipeline TOML file with an [ablation] table)");
+  const int jobs = (*vm)["jobs"].as<int>();
+  if (jobs < 1) throw UsageError("--jobs must be at least 1");
+  Session s;
+  s.load(*vm);
+  AblateOptions ablate;
+  ablate.overrides = overrides_of(*vm);
+  ablate.jobs = jobs;
+  if (vm->count("out")) ablate.out = (*vm)["out"].as<std::string>();
+  ablate.dry_run = vm->count("dry-run") > 0;
+  ablate.executable = std::filesystem::read_symlink("/proc/self/exe");
+  if (vm->count("plugin-dir")) ablate.plugin_dirs = (*vm)["plugin-dir"].as<std::vector<std::string>>();
+  auto dir = ablate_job(file, s.registry, ablate, stderr_logger());
+  std::cout << dir.string() << "\n";
+  if (ablate.dry_run) return kOk;
+  // Some variants failed: the results are written, but the command says so.
+  const std::string csv = read_file(dir / "results.csv");
+  return csv.find(",failed,") == std::string::npos ? kOk : kFailure;
+}
+
 int cmd_resume(const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("run", po::value<std::string>(),
@@ -397,6 +430,7 @@ int dispatch(int argc, char** argv) {
     if (command == "validate") return cmd_validate(rest);
     if (command == "run" || command == "train") return cmd_run(command, rest);
     if (command == "resume") return cmd_resume(rest);
+    if (command == "ablate") return cmd_ablate(rest);
     if (command == "sample") return cmd_sample(rest);
     if (command == "eval") return cmd_eval(rest);
   } catch (const Interrupted& e) {

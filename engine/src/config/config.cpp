@@ -446,6 +446,11 @@ class Validator {
     for (auto&& [key, node] : root) {
       std::string table(key.str());
       if (std::find(known.begin(), known.end(), table) != known.end()) continue;
+      // [ablation] is read by `pathline ablate` (ablate.cpp); a plain run uses the base pipeline.
+      if (table == "ablation" && node.is_table()) {
+        notes_.push_back("[ablation] is read by 'pathline ablate'; this command uses the base pipeline");
+        continue;
+      }
       if (!node.is_table() && !node.is_array_of_tables()) {
         report(table, "", &key.source(),
                fmt::format("expected a table such as [run], found a top-level key '{}' ({})", table,
@@ -584,7 +589,13 @@ class Validator {
     address = set.table;
     toml::node* existing = root.get(set.table);
     if (!existing) {
-      root.insert(set.table, toml::table{});
+      // A slot absent from the file is filled by its default type: a --set of one of its keys
+      // sets that key of the default component (solver.steps=4 without a [solver] table).
+      toml::table created;
+      const SlotSpec* slot = find_slot(set.table);
+      if (slot && !slot->default_type.empty() && set.key != "type")
+        created.insert("type", slot->default_type);
+      root.insert(set.table, std::move(created));
       created_[address] = origin;
       existing = root.get(set.table);
     }

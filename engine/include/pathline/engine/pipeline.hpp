@@ -1,6 +1,7 @@
 // The whole engine, for the command line and tests: build, train, sample, evaluate, run.
 #pragma once
 
+#include "pathline/engine/ablate.hpp"
 #include "pathline/engine/build.hpp"
 #include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/evaluate.hpp"

@@ -1,0 +1,57 @@
+// Ablations: the [ablation] table of a pipeline file expanded into variants, validated all at once,
+// grouped by what training computes (train once, sample many), run as child processes, and
+// summarised in results.csv, results.md and charts.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "pathline/engine/train.hpp"
+
+namespace pathline {
+
+// One variant: the swept keys' values (as --set text) in the order of the sweep's keys.
+struct AblationVariant {
+  std::vector<std::pair<std::string, std::string>> settings;
+  // Swept keys that do not apply to this variant (not a parameter of its component), dropped.
+  std::vector<std::string> dropped;
+  std::string label;     // "path.type=cosine, solver.steps=4"
+  std::string dir;       // its folder name in the ablation directory
+  std::string training;  // the training-relevant config's hash: variants sharing it share a model
+  std::vector<std::string> overrides() const;
+};
+
+struct AblationPlan {
+  std::filesystem::path file;
+  std::vector<std::string> base_overrides;  // the ablate command's own --set
+  std::vector<std::string> keys;            // swept keys, in the file's order
+  std::vector<AblationVariant> variants;    // distinct variants, in sweep order
+  std::vector<std::string> notes;           // duplicates merged, keys dropped
+  std::size_t trainings() const;            // distinct training configs
+};
+
+// Reads [ablation], expands it ("grid" or "zip", sub-tables as zipped groups, "*" for a type: every
+// registered component of that kind) and validates every variant. Throws ConfigError with every
+// problem of every variant ("file:line:column: variant N (label): message") before anything runs.
+PATHLINE_API AblationPlan plan_ablation(const std::filesystem::path& file, const Registry& registry,
+                                        const std::vector<std::string>& overrides);
+
+struct AblateOptions {
+  std::vector<std::string> overrides;
+  int jobs = 1;                              // concurrent child processes
+  std::optional<std::filesystem::path> out;  // default: <run.dir>/<config stem>-ablation
+  std::filesystem::path executable;          // the pathline CLI, run for each training and sampling
+  std::vector<std::string> plugin_dirs;      // passed on to the children
+  bool dry_run = false;                      // plan, validate and print; run nothing
+};
+
+// `pathline ablate CONFIG`: runs what is not done yet (a re-run skips finished variants and resumes
+// unfinished trainings), writes results.csv, results.md, results.png and results.svg into the
+// ablation directory and returns it.
+PATHLINE_API std::filesystem::path ablate_job(const std::filesystem::path& file, const Registry& registry,
+                                              const AblateOptions& options, const Logger& log);
+
+}  // namespace pathline

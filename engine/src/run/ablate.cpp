@@ -1,0 +1,826 @@
+#include "pathline/engine/ablate.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "pathline/engine/checkpoint.hpp"
+#include "pathline/engine/io.hpp"
+#include "pathline/plot/plot.hpp"
+
+extern char** environ;
+
+namespace pathline {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+std::vector<std::string> AblationVariant::overrides() const {
+  std::vector<std::string> out;
+  for (const auto& [key, value] : settings) out.push_back(key + "=" + value);
+  return out;
+}
+
+std::size_t AblationPlan::trainings() const {
+  std::set<std::string> distinct;
+  for (const auto& v : variants) distinct.insert(v.training);
+  return distinct.size();
+}
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// Reading [ablation]
+
+std::string where(const fs::path& file, const toml::source_region& source) {
+  return fmt::format("{}:{}:{}", file.string(), source.begin.line, source.begin.column);
+}
+
+// One axis of the sweep: keys that move together and their rows of values (as --set text).
+struct Axis {
+  std::vector<std::string> keys;
+  std::vector<std::vector<std::string>> rows;
+};
+
+std::string value_text(const toml::node& node) {
+  if (const auto* text = node.as_string()) {
+    // A basic (double-quoted) string, as --set reads it back.
+    std::string out = "\"";
+    for (char ch : text->get()) {
+      if (ch == '"' || ch == '\\') out += '\\';
+      out += ch;
+    }
+    return out + "\"";
+  }
+  std::ostringstream out;
+  node.visit([&](const auto& v) { out << v; });
+  return out.str();
+}
+
+// A table's entries in the order they were written (toml++ keeps them sorted by key).
+std::vector<std::pair<std::string, const toml::node*>> in_file_order(const toml::table& table) {
+  std::vector<std::pair<std::string, const toml::node*>> out;
+  for (auto&& [k, node] : table) out.emplace_back(std::string(k.str()), &node);
+  std::stable_sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    const auto &x = a.second->source().begin, &y = b.second->source().begin;
+    return x.line != y.line ? x.line < y.line : x.column < y.column;
+  });
+  return out;
+}
+
+// "cosine" for a string, the TOML text otherwise: what a table cell shows.
+std::string display(const std::string& text) {
+  if (text.size() >= 2 && text.front() == '"' && text.back() == '"') return text.substr(1, text.size() - 2);
+  return text;
+}
+
+class AblationReader {
+ public:
+  AblationReader(const fs::path& file, const Registry& registry) : file_(file), registry_(registry) {}
+
+  std::vector<std::string> problems;
+  std::map<std::string, std::string> positions;  // key -> file:line:column
+
+  // The combined sweep: rows of (key, value) settings.
+  std::vector<std::vector<std::pair<std::string, std::string>>> read(const toml::table& ablation) {
+    std::string mode = "grid";
+    std::vector<Axis> axes;
+    for (const auto& [key, entry] : in_file_order(ablation)) {
+      const toml::node& node = *entry;
+      if (key == "mode") {
+        mode = mode_of(node, "[ablation] mode");
+        continue;
+      }
+      if (const toml::table* group = node.as_table()) {
+        // A sub-table: its keys move in step (mode = "zip", the default) or form their own grid.
+        std::string group_mode = "zip";
+        std::vector<Axis> inner;
+        for (const auto& [gkey, gentry] : in_file_order(*group)) {
+          const toml::node& gnode = *gentry;
+          if (gkey == "mode") {
+            group_mode = mode_of(gnode, "[ablation." + key + "] mode");
+            continue;
+          }
+          inner.push_back(axis(gkey, gnode));
+        }
+        if (!inner.empty())
+          axes.push_back(combine(inner, group_mode, "[ablation." + key + "]", group->source()));
+        continue;
+      }
+      axes.push_back(axis(key, node));
+    }
+    if (axes.empty()) {
+      problems.push_back(where(file_, ablation.source()) +
+                         ": [ablation] sweeps nothing; add keys with lists of values, e.g. \"path.type\" = "
+                         "[\"linear\", \"cosine\"]");
+      return {};
+    }
+    Axis all = combine(axes, mode, "[ablation]", ablation.source());
+    std::vector<std::vector<std::pair<std::string, std::string>>> out;
+    for (const auto& row : all.rows) {
+      std::vector<std::pair<std::string, std::string>> settings;
+      for (std::size_t i = 0; i < all.keys.size(); ++i) settings.emplace_back(all.keys[i], row[i]);
+      out.push_back(settings);
+    }
+    return out;
+  }
+
+ private:
+  std::string mode_of(const toml::node& node, const std::string& what) {
+    const auto* text = node.as_string();
+    if (!text || (text->get() != "grid" && text->get() != "zip")) {
+      problems.push_back(where(file_, node.source()) + ": " + what + " must be \"grid\" or \"zip\"");
+      return "grid";
+    }
+    return text->get();
+  }
+
+  // The registered names of the kind a "<slot>.type" key selects (for "*").
+  std::vector<std::string> every(const std::string& key, const toml::node& node) {
+    const auto dot = key.find_first_of(".[");
+    const SlotSpec* slot = dot == std::string::npos ? nullptr : find_slot(key.substr(0, dot));
+    if (!slot || key.size() < 5 || key.substr(key.size() - 5) != ".type") {
+      problems.push_back(where(file_, node.source()) + ": [ablation] \"" + key +
+                         "\": \"*\" (every registered component) only works for a component's type key, e.g. "
+                         "\"path.type\"");
+      return {};
+    }
+    std::vector<std::string> out;
+    for (const auto& name : registry_.names(slot->kind)) out.push_back("\"" + name + "\"");
+    return out;
+  }
+
+  Axis axis(const std::string& key, const toml::node& node) {
+    positions[key] = where(file_, node.source());
+    Axis a;
+    a.keys = {key};
+    std::vector<std::string> values;
+    auto add = [&](const toml::node& item) {
+      if (item.is_string() && item.as_string()->get() == "*") {
+        for (const auto& name : every(key, item))
+          if (std::find(values.begin(), values.end(), name) == values.end()) values.push_back(name);
+      } else {
+        values.push_back(value_text(item));
+      }
+    };
+    if (const toml::array* list = node.as_array()) {
+      for (const auto& item : *list) add(item);
+      if (list->empty())
+        problems.push_back(where(file_, node.source()) + ": [ablation] \"" + key + "\" has no values");
+    } else {
+      add(node);  // a single value: every variant gets it
+    }
+    for (const auto& v : values) a.rows.push_back({v});
+    return a;
+  }
+
+  Axis combine(const std::vector<Axis>& axes, const std::string& mode, const std::string& what,
+               const toml::source_region& source) {
+    Axis out;
+    for (const auto& a : axes) out.keys.insert(out.keys.end(), a.keys.begin(), a.keys.end());
+    if (mode == "zip") {
+      const std::size_t n = axes.front().rows.size();
+      for (const auto& a : axes)
+        if (a.rows.size() != n) {
+          problems.push_back(where(file_, source) +
+                             fmt::format(": {} zips lists of different lengths ({} for {} and {} for {})",
+                                         what, n, axes.front().keys.front(), a.rows.size(), a.keys.front()));
+          return out;
+        }
+      for (std::size_t i = 0; i < n; ++i) {
+        std::vector<std::string> row;
+        for (const auto& a : axes) row.insert(row.end(), a.rows[i].begin(), a.rows[i].end());
+        out.rows.push_back(row);
+      }
+      return out;
+    }
+    out.rows = {{}};
+    for (const auto& a : axes) {
+      std::vector<std::vector<std::string>> next;
+      for (const auto& row : out.rows)
+        for (const auto& add : a.rows) {
+          std::vector<std::string> r = row;
+          r.insert(r.end(), add.begin(), add.end());
+          next.push_back(r);
+        }
+      out.rows = std::move(next);
+    }
+    return out;
+  }
+
+  fs::path file_;
+  const Registry& registry_;
+};
+
+// A folder name from a variant's settings: readable when short, a hash when not.
+std::string slug(const std::vector<std::pair<std::string, std::string>>& settings) {
+  std::string text;
+  for (const auto& [key, value] : settings) {
+    if (!text.empty()) text += "_";
+    text += key + "=" + display(value);
+  }
+  std::string out;
+  for (char ch : text)
+    out += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '=' || ch == '-' || ch == '_')
+               ? ch
+               : '-';
+  if (out.empty()) out = "base";
+  if (out.size() > 80) {
+    std::map<std::string, std::string> keys(settings.begin(), settings.end());
+    out = out.substr(0, 60) + "-" + config_hash(keys).substr(0, 12);
+  }
+  return out;
+}
+
+std::string label_of(const std::vector<std::pair<std::string, std::string>>& settings) {
+  std::string text;
+  for (const auto& [key, value] : settings) text += (text.empty() ? "" : ", ") + key + "=" + display(value);
+  return text.empty() ? "(base)" : text;
+}
+
+// The parameters a single component slot's type declares (nullptr: not a component key we can check).
+const std::vector<ParamSpec>* declared(const Registry& registry, const std::string& slot,
+                                       const std::string& type) {
+  const SlotSpec* spec = find_slot(slot);
+  if (!spec || spec->many) return nullptr;
+  const ComponentEntry* entry = registry.find(spec->kind, type);
+  return entry ? &entry->decl.params : nullptr;
+}
+
+}  // namespace
+
+AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
+                           const std::vector<std::string>& overrides) {
+  AblationPlan plan;
+  plan.file = file;
+  plan.base_overrides = overrides;
+  ConfigOptions base_options;
+  base_options.overrides = overrides;
+  const PipelineConfig base = load_config(file, registry, base_options);
+  const std::string text = read_file(file);
+  toml::table root = toml::parse(text, file.string());  // valid: load_config parsed it
+  const toml::table* table = root["ablation"].as_table();
+  if (!table)
+    throw ConfigError({file.string() + ": no [ablation] table; add one with the keys to sweep, e.g.\n"
+                                       "  [ablation]\n  \"path.type\" = [\"linear\", \"cosine\"]"});
+  AblationReader reader(file, registry);
+  auto rows = reader.read(*table);
+  if (!reader.problems.empty()) throw ConfigError(reader.problems);
+  if (!rows.empty())
+    for (const auto& [key, value] : rows.front()) plan.keys.push_back(key);
+
+  std::vector<std::string> problems;
+  std::set<std::string> seen, seen_problems;
+  std::size_t number = 0;
+  for (auto& settings : rows) {
+    ++number;
+    // Keys that the variant's component does not declare (steps for an adaptive solver) are dropped.
+    AblationVariant v;
+    for (const auto& [key, value] : settings) {
+      const auto dot = key.find('.');
+      if (dot != std::string::npos && key.substr(dot + 1) != "type" && key.find('[') == std::string::npos) {
+        const std::string slot = key.substr(0, dot), param = key.substr(dot + 1);
+        std::string type;
+        for (const auto& [k, val] : settings)
+          if (k == slot + ".type") type = display(val);
+        if (type.empty() && base.components.count(slot)) type = base.component(slot).type;
+        if (const auto* params = declared(registry, slot, type)) {
+          bool known = std::any_of(params->begin(), params->end(),
+                                   [&](const ParamSpec& p) { return p.name == param; });
+          if (!known) {
+            v.dropped.push_back(fmt::format("{} (not a parameter of {} '{}')", key, slot, type));
+            continue;
+          }
+        }
+      }
+      v.settings.emplace_back(key, value);
+    }
+    v.label = label_of(v.settings);
+    if (!seen.insert(v.label).second) {
+      plan.notes.push_back(fmt::format("variant {} ({}) repeats an earlier one once {} is dropped; run once",
+                                       number, label_of(settings),
+                                       v.dropped.empty() ? "nothing" : v.dropped.front()));
+      continue;
+    }
+    for (const auto& d : v.dropped)
+      plan.notes.push_back(fmt::format("variant {} ({}): dropped {}", number, v.label, d));
+    ConfigOptions options;
+    options.overrides = overrides;
+    for (const auto& o : v.overrides()) options.overrides.push_back(o);
+    try {
+      PipelineConfig config = parse_config(text, file.string(), registry, options);
+      v.training = config_hash(training_keys(config));
+    } catch (const ConfigError& e) {
+      for (std::string line : e.problems()) {
+        // A problem of one of the variant's settings points at that key in [ablation].
+        for (const auto& [key, value] : v.settings) {
+          const std::string prefix = "--set " + key + "=" + value + ": ";
+          if (line.rfind(prefix, 0) == 0)
+            line = reader.positions[key] + ": variant " + std::to_string(number) + " (" + v.label +
+                   "): [ablation] " + key + " = " + display(value) + ": " + line.substr(prefix.size());
+        }
+        if (line.find(": variant ") == std::string::npos && line.rfind("--set ", 0) != 0)
+          line += fmt::format(" (variant {}: {})", number, v.label);
+        if (seen_problems.insert(line).second) problems.push_back(line);
+      }
+      continue;
+    }
+    v.dir = slug(v.settings);
+    plan.variants.push_back(std::move(v));
+  }
+  if (!problems.empty()) throw ConfigError(problems);
+  return plan;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Task {
+  enum class Kind { train, sample } kind = Kind::train;
+  std::size_t variant = 0;  // sample: the variant; train: the first variant of its group
+  std::string group;        // the training hash
+  fs::path dir, log;
+  std::vector<std::string> args;
+  bool failed = false;
+  std::string error;
+  double seconds = 0.0;
+};
+
+pid_t spawn(const fs::path& executable, const std::vector<std::string>& args, const fs::path& log) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::vector<std::string> all = {executable.string()};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int err = posix_spawn(&pid, executable.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (err != 0) throw Error(fmt::format("{}: cannot start: {}", executable.string(), std::strerror(err)));
+  return pid;
+}
+
+// The last line of a child's log that says what went wrong.
+std::string last_error(const fs::path& log) {
+  std::string text;
+  try {
+    text = read_file(log);
+  } catch (const InputError&) {
+    return "no log";
+  }
+  std::istringstream lines(text);
+  std::string line, last, error;
+  while (std::getline(lines, line)) {
+    if (line.empty()) continue;
+    last = line;
+    if (line.find("error") != std::string::npos || line.find(": ") != std::string::npos) error = line;
+  }
+  return last.empty() ? "no output" : last;
+}
+
+json read_json(const fs::path& file) {
+  try {
+    return json::parse(read_file(file));
+  } catch (const std::exception&) {
+    return json();
+  }
+}
+
+std::string duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto t = static_cast<std::int64_t>(s + 0.5);
+  return t >= 3600 ? fmt::format("{}:{:02d}:{:02d}", t / 3600, (t / 60) % 60, t % 60)
+                   : fmt::format("{}:{:02d}", t / 60, t % 60);
+}
+
+std::string csv_cell(const std::string& text) {
+  if (text.find_first_of(",\"\n") == std::string::npos) return text;
+  std::string out = "\"";
+  for (char ch : text) out += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+  return out + "\"";
+}
+
+struct Row {
+  const AblationVariant* variant = nullptr;
+  bool ok = false;
+  std::string error;
+  std::map<std::string, double> metrics;
+  double nfe = NAN, train_s = NAN, sample_s = NAN;
+};
+
+void write_results(const fs::path& dir, const AblationPlan& plan, const std::vector<Row>& rows,
+                   const std::vector<std::string>& metric_names,
+                   const std::map<std::string, bool>& lower_better, const Logger& log) {
+  // results.csv
+  std::string csv = "variant";
+  for (const auto& k : plan.keys) csv += "," + csv_cell(k);
+  for (const auto& m : metric_names) csv += "," + csv_cell(m);
+  csv += ",nfe,train_seconds,sample_seconds,status,error,dir\n";
+  auto num = [](double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) : std::string(); };
+  for (const auto& r : rows) {
+    std::map<std::string, std::string> values(r.variant->settings.begin(), r.variant->settings.end());
+    csv += csv_cell(r.variant->label);
+    for (const auto& k : plan.keys) csv += "," + csv_cell(values.count(k) ? display(values[k]) : "(dropped)");
+    for (const auto& m : metric_names) csv += "," + (r.metrics.count(m) ? num(r.metrics.at(m)) : "");
+    csv += fmt::format(",{},{},{},{},{},{}\n", num(r.nfe), num(r.train_s), num(r.sample_s),
+                       r.ok ? "ok" : "failed", csv_cell(r.error), csv_cell(r.variant->dir));
+  }
+  write_file_atomic(dir / "results.csv", csv);
+
+  // results.md: the best value of each metric in bold, in its own direction.
+  std::map<std::string, double> best;
+  for (const auto& m : metric_names)
+    for (const auto& r : rows)
+      if (r.ok && r.metrics.count(m) && std::isfinite(r.metrics.at(m))) {
+        const double v = r.metrics.at(m);
+        if (!best.count(m) || (lower_better.at(m) ? v < best[m] : v > best[m])) best[m] = v;
+      }
+  std::string md =
+      fmt::format("# Ablation: {}\n\n{} variants, {} trainings. Best value of each metric in bold ",
+                  plan.file.filename().string(), rows.size(), plan.trainings());
+  md += "(lower is better unless marked ↑).\n\n|";
+  for (const auto& k : plan.keys) md += " " + k + " |";
+  for (const auto& m : metric_names) md += " " + m + (lower_better.at(m) ? "" : " ↑") + " |";
+  md += " NFE | train s | sample s |\n|";
+  for (std::size_t i = 0; i < plan.keys.size() + metric_names.size() + 3; ++i) md += "---|";
+  md += "\n";
+  for (const auto& r : rows) {
+    std::map<std::string, std::string> values(r.variant->settings.begin(), r.variant->settings.end());
+    md += "|";
+    for (const auto& k : plan.keys)
+      md += " " + (values.count(k) ? display(values[k]) : std::string("—")) + " |";
+    for (const auto& m : metric_names) {
+      if (!r.ok) {
+        md += " failed |";
+        continue;
+      }
+      const double v = r.metrics.count(m) ? r.metrics.at(m) : NAN;
+      const std::string cell = num(v).empty() ? "—" : num(v);
+      md += (best.count(m) && v == best[m]) ? " **" + cell + "** |" : " " + cell + " |";
+    }
+    md += fmt::format(" {} | {} | {} |\n", num(r.nfe), num(r.train_s), num(r.sample_s));
+  }
+  // Repeats over seeds: mean and sample standard deviation of each metric over the seeds of every
+  // setting of the other keys.
+  if (std::find(plan.keys.begin(), plan.keys.end(), "run.seed") != plan.keys.end()) {
+    std::vector<std::string> order;
+    std::map<std::string, std::vector<const Row*>> groups;
+    std::map<std::string, std::vector<std::pair<std::string, std::string>>> group_settings;
+    for (const auto& r : rows) {
+      std::vector<std::pair<std::string, std::string>> rest;
+      for (const auto& kv : r.variant->settings)
+        if (kv.first != "run.seed") rest.push_back(kv);
+      const std::string name = label_of(rest);
+      if (!groups.count(name)) order.push_back(name), group_settings[name] = rest;
+      groups[name].push_back(&r);
+    }
+    std::string mean_csv = "setting";
+    for (const auto& m : metric_names) mean_csv += "," + csv_cell(m + "_mean") + "," + csv_cell(m + "_std");
+    mean_csv += ",seeds,failed\n";
+    md += "\nMean ± standard deviation over seeds:\n\n| setting |";
+    for (const auto& m : metric_names) md += " " + m + (lower_better.at(m) ? "" : " ↑") + " |";
+    md += " seeds |\n|---|";
+    for (std::size_t i = 0; i < metric_names.size() + 1; ++i) md += "---|";
+    md += "\n";
+    for (const auto& name : order) {
+      md += "| " + name + " |";
+      mean_csv += csv_cell(name);
+      std::size_t ok = 0, bad = 0;
+      for (const Row* r : groups[name]) (r->ok ? ok : bad) += 1;
+      for (const auto& m : metric_names) {
+        std::vector<double> v;
+        for (const Row* r : groups[name])
+          if (r->ok && r->metrics.count(m) && std::isfinite(r->metrics.at(m))) v.push_back(r->metrics.at(m));
+        double mean = NAN, sd = NAN;
+        if (!v.empty()) {
+          mean = 0;
+          for (double x : v) mean += x;
+          mean /= static_cast<double>(v.size());
+          sd = 0;
+          for (double x : v) sd += (x - mean) * (x - mean);
+          sd = v.size() > 1 ? std::sqrt(sd / static_cast<double>(v.size() - 1)) : 0.0;
+        }
+        md += v.empty() ? std::string(" — |") : fmt::format(" {:.4g} ± {:.2g} |", mean, sd);
+        mean_csv += "," + num(mean) + "," + num(sd);
+      }
+      md += fmt::format(" {} |\n", ok);
+      mean_csv += fmt::format(",{},{}\n", ok, bad);
+    }
+    write_file_atomic(dir / "results-mean.csv", mean_csv);
+  }
+  std::string failures, dropped;
+  for (const auto& r : rows) {
+    if (!r.ok) failures += fmt::format("- {}: {}\n", r.variant->label, r.error);
+    for (const auto& d : r.variant->dropped)
+      dropped += fmt::format("- {}: dropped {}\n", r.variant->label, d);
+  }
+  if (!dropped.empty())
+    md += "\nKeys that do not apply to a variant (dropped, the variant runs once):\n\n" + dropped;
+  if (!failures.empty()) md += "\nFailed variants:\n\n" + failures;
+  for (const auto& note : plan.notes)
+    if (note.find("repeats") != std::string::npos) md += "\n- " + note;
+  write_file_atomic(dir / "results.md", md + "\n");
+
+  // Charts of the first metric: against NFE, one line per setting of the other keys, when the sweep
+  // varies the number of evaluations; otherwise one bar per variant.
+  if (metric_names.empty()) return;
+  const std::string& metric = metric_names.front();
+  std::set<double> nfes;
+  for (const auto& r : rows)
+    if (r.ok && std::isfinite(r.nfe)) nfes.insert(r.nfe);
+  plot::Axes axes;
+  axes.title = fmt::format("{} ({} is better)", metric, lower_better.at(metric) ? "lower" : "higher");
+  axes.y_label = metric;
+  std::vector<double> values;
+  for (const auto& r : rows)
+    if (r.ok && r.metrics.count(metric) && std::isfinite(r.metrics.at(metric)))
+      values.push_back(r.metrics.at(metric));
+  if (values.empty()) return;
+  const double lo = *std::min_element(values.begin(), values.end()),
+               hi = *std::max_element(values.begin(), values.end());
+  axes.log_y = lo > 0 && hi / lo > 20;
+  for (const char* ext : {"png", "svg"}) {
+    const fs::path file = dir / (std::string("results.") + ext);
+    std::string bytes;
+    // A series per setting of the keys other than the step count; a point per setting apart from
+    // the seed, its NFE and value averaged over the seeds (an adaptive solver's NFE varies).
+    // Legend labels are the values alone ("linear / velocity / euler").
+    std::vector<std::string> order;
+    struct Point {
+      double x = 0, y = 0;
+      int n = 0;
+    };
+    std::map<std::string, std::map<std::string, Point>> points;
+    const bool by_nfe = nfes.size() > 1;
+    auto values_of = [](const std::vector<std::pair<std::string, std::string>>& settings) {
+      std::string text;
+      for (const auto& kv : settings) text += (text.empty() ? "" : " / ") + display(kv.second);
+      return text.empty() ? std::string("(base)") : text;
+    };
+    for (const auto& r : rows) {
+      if (!r.ok || !r.metrics.count(metric) || !std::isfinite(r.metrics.at(metric))) continue;
+      if (by_nfe && !std::isfinite(r.nfe)) continue;
+      std::vector<std::pair<std::string, std::string>> rest, point;
+      for (const auto& kv : r.variant->settings) {
+        if (kv.first == "run.seed") continue;
+        point.push_back(kv);
+        if (!(by_nfe && (kv.first == "solver.steps" || kv.first.rfind("time_grid.", 0) == 0)))
+          rest.push_back(kv);
+      }
+      const std::string name = values_of(rest);
+      if (!points.count(name)) order.push_back(name);
+      Point& p = points[name][label_of(point)];
+      p.x += by_nfe ? r.nfe : 0.0;
+      p.y += r.metrics.at(metric);
+      ++p.n;
+    }
+    std::string legend;
+    for (const auto& k : plan.keys)
+      if (k != "run.seed" && !(by_nfe && (k == "solver.steps" || k.rfind("time_grid.", 0) == 0)))
+        legend += (legend.empty() ? "" : " / ") + k;
+    axes.title = fmt::format("{} ({} is better){}", metric, lower_better.at(metric) ? "lower" : "higher",
+                             legend.empty() ? "" : "; " + legend);
+    if (by_nfe) {
+      axes.x_label = "function evaluations (NFE)";
+      axes.log_x = *nfes.rbegin() / std::max(1.0, *nfes.begin()) > 8;
+      std::vector<plot::Series> list;
+      for (const auto& name : order) {
+        std::vector<std::pair<double, double>> xy;
+        for (const auto& [label, p] : points[name]) xy.emplace_back(p.x / p.n, p.y / p.n);
+        std::sort(xy.begin(), xy.end());
+        plot::Series s;
+        s.label = name;
+        for (const auto& [x, y] : xy) s.x.push_back(x), s.y.push_back(y);
+        list.push_back(s);
+      }
+      bytes = plot::line_chart(file, axes, list);
+    } else {
+      axes.x_label = "setting";
+      std::vector<std::string> labels;
+      std::vector<double> bars;
+      for (const auto& name : order) {
+        const Point& p = points[name].begin()->second;
+        labels.push_back(name);
+        bars.push_back(p.y / p.n);
+      }
+      bytes = plot::bar_chart(file, axes, labels, bars);
+    }
+    write_file_atomic(file, bytes);
+  }
+  if (log)
+    log("ablate: results in " + (dir / "results.md").string() + ", results.csv, results.png, results.svg");
+}
+
+}  // namespace
+
+fs::path ablate_job(const fs::path& file, const Registry& registry, const AblateOptions& options,
+                    const Logger& log) {
+  AblationPlan plan = plan_ablation(file, registry, options.overrides);
+  ConfigOptions base_options;
+  base_options.overrides = options.overrides;
+  const PipelineConfig base = load_config(file, registry, base_options);
+  const fs::path dir = options.out
+                           ? *options.out
+                           : fs::path(base.table("run").string("dir")) / (file.stem().string() + "-ablation");
+  const int jobs = std::max(1, options.jobs);
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = std::max(1, cores / jobs);
+  for (const auto& note : plan.notes)
+    if (log) log("note: " + note);
+  if (log)
+    log(fmt::format("ablate: {} variants, {} trainings; {} at a time with {} thread{} each; into {}",
+                    plan.variants.size(), plan.trainings(), jobs, threads, threads == 1 ? "" : "s",
+                    dir.string()));
+  if (options.dry_run) {
+    for (std::size_t i = 0; i < plan.variants.size(); ++i)
+      if (log)
+        log(fmt::format("  {:>3}. {}  [training {}]", i + 1, plan.variants[i].label,
+                        plan.variants[i].training.substr(0, 8)));
+    return dir;
+  }
+  std::error_code ec;
+  fs::create_directories(dir / "logs", ec);
+  if (ec) throw InputError(dir.string() + ": cannot create the ablation directory: " + ec.message());
+
+  std::vector<std::string> common;
+  for (const auto& d : options.plugin_dirs) common.insert(common.end(), {"--plugin-dir", d});
+  auto with_sets = [&](std::vector<std::string> args, const AblationVariant& v) {
+    args.insert(args.end(), common.begin(), common.end());
+    for (const auto& o : options.overrides) args.insert(args.end(), {"--set", o});
+    for (const auto& o : v.overrides()) args.insert(args.end(), {"--set", o});
+    args.insert(args.end(), {"--set", "run.threads=" + std::to_string(threads)});
+    return args;
+  };
+
+  // Tasks: one training per distinct training config, then a sampling per variant.
+  std::vector<Task> tasks;
+  std::map<std::string, std::size_t> train_task;  // training hash -> task index
+  std::map<std::string, fs::path> train_dir;
+  std::size_t skipped = 0;
+  for (std::size_t i = 0; i < plan.variants.size(); ++i) {
+    const AblationVariant& v = plan.variants[i];
+    if (train_dir.count(v.training)) continue;
+    const fs::path run = dir / ("train-" + v.training.substr(0, 12));
+    train_dir[v.training] = run;
+    if (fs::exists(run / "summary.json", ec)) continue;  // trained already
+    Task t;
+    t.kind = Task::Kind::train;
+    t.variant = i;
+    t.group = v.training;
+    t.dir = run;
+    t.log = dir / "logs" / ("train-" + v.training.substr(0, 12) + ".log");
+    if (fs::exists(run / "config.toml", ec)) {
+      t.args = {"resume", run.string()};  // unfinished: continue from its checkpoint
+      t.args.insert(t.args.end(), common.begin(), common.end());
+      t.args.insert(t.args.end(), {"--set", "run.threads=" + std::to_string(threads)});
+    } else {
+      t.args = with_sets({"train", file.string(), "--run-dir", run.string(), "--overwrite"}, v);
+    }
+    train_task[v.training] = tasks.size();
+    tasks.push_back(t);
+  }
+  std::vector<std::size_t> sample_tasks;
+  for (std::size_t i = 0; i < plan.variants.size(); ++i) {
+    const AblationVariant& v = plan.variants[i];
+    const fs::path out = dir / v.dir;
+    if (fs::exists(out / "summary.json", ec)) {
+      ++skipped;
+      continue;
+    }
+    Task t;
+    t.kind = Task::Kind::sample;
+    t.variant = i;
+    t.group = v.training;
+    t.dir = out;
+    t.log = dir / "logs" / (v.dir + ".log");
+    t.args = with_sets({"sample", train_dir[v.training].string(), "--out", out.string()}, v);
+    sample_tasks.push_back(tasks.size());
+    tasks.push_back(t);
+  }
+  if (log && skipped > 0) log(fmt::format("ablate: {} variants already done (skipped)", skipped));
+
+  // The scheduler: up to `jobs` children; a sampling waits for its training.
+  std::vector<int> state(tasks.size(), 0);  // 0 waiting, 1 running, 2 done
+  std::map<pid_t, std::size_t> running;
+  std::map<std::size_t, Clock::time_point> started;
+  const auto start = Clock::now();
+  std::size_t finished = 0;
+  double busy_seconds = 0.0;
+  auto ready = [&](std::size_t k) {
+    const Task& t = tasks[k];
+    if (t.kind == Task::Kind::train) return true;
+    auto it = train_task.find(t.group);
+    return it == train_task.end() || state[it->second] == 2;
+  };
+  while (finished < tasks.size()) {
+    for (std::size_t k = 0; k < tasks.size() && static_cast<int>(running.size()) < jobs; ++k) {
+      if (state[k] != 0 || !ready(k)) continue;
+      Task& t = tasks[k];
+      if (t.kind == Task::Kind::sample) {
+        auto it = train_task.find(t.group);
+        if (it != train_task.end() && tasks[it->second].failed) {
+          t.failed = true;
+          t.error = "its training failed: " + tasks[it->second].error;
+          state[k] = 2;
+          ++finished;
+          continue;
+        }
+        fs::remove_all(t.dir, ec);  // a sampling cut short starts again
+      }
+      state[k] = 1;
+      started[k] = Clock::now();
+      running[spawn(options.executable, t.args, t.log)] = k;
+    }
+    if (running.empty()) continue;
+    int status = 0;
+    pid_t pid = ::waitpid(-1, &status, 0);
+    if (pid < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    auto it = running.find(pid);
+    if (it == running.end()) continue;
+    const std::size_t k = it->second;
+    running.erase(it);
+    Task& t = tasks[k];
+    t.seconds = std::chrono::duration<double>(Clock::now() - started[k]).count();
+    busy_seconds += t.seconds;
+    state[k] = 2;
+    ++finished;
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok) {
+      t.failed = true;
+      t.error =
+          WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status)) : last_error(t.log);
+    }
+    const double eta = busy_seconds / static_cast<double>(finished) *
+                       static_cast<double>(tasks.size() - finished) / static_cast<double>(jobs);
+    if (log)
+      log(fmt::format("ablate: [{}/{}] {} {}: {} in {:.1f}s; elapsed {}, ETA {}", finished, tasks.size(),
+                      t.kind == Task::Kind::train ? "train" : "sample", plan.variants[t.variant].label,
+                      ok ? "done" : "FAILED (" + t.error + ")", t.seconds,
+                      duration(std::chrono::duration<double>(Clock::now() - start).count()), duration(eta)));
+  }
+
+  // Results, from every variant's summary.json (those done in earlier runs too).
+  std::vector<Row> rows;
+  std::vector<std::string> metric_names;
+  std::map<std::string, bool> lower_better;
+  std::map<std::size_t, const Task*> sample_of;
+  for (std::size_t k : sample_tasks) sample_of[tasks[k].variant] = &tasks[k];
+  for (std::size_t i = 0; i < plan.variants.size(); ++i) {
+    const AblationVariant& v = plan.variants[i];
+    Row r;
+    r.variant = &v;
+    json summary = read_json(dir / v.dir / "summary.json");
+    if (summary.is_object() && summary.contains("metrics")) {
+      r.ok = true;
+      for (auto& [name, value] : summary["metrics"].items()) {
+        r.metrics[name] = value.is_number() ? value.get<double>() : NAN;
+        if (!lower_better.count(name)) {
+          metric_names.push_back(name);
+          lower_better[name] = summary["metric_details"][name].value("direction", "lower") == "lower";
+        }
+      }
+      if (summary.contains("sampling")) {
+        r.nfe = summary["sampling"].value("nfe", NAN);
+        r.sample_s = summary["sampling"].value("seconds", NAN);
+      }
+      json trained = read_json(train_dir[v.training] / "summary.json");
+      if (trained.is_object() && trained.contains("train"))
+        r.train_s = trained["train"].value("seconds", NAN);
+    } else {
+      auto it = sample_of.find(i);
+      r.error = it != sample_of.end() && it->second->failed ? it->second->error : "no results";
+    }
+    rows.push_back(r);
+  }
+  write_results(dir, plan, rows, metric_names, lower_better, log);
+  std::size_t failed = 0;
+  for (const auto& r : rows) failed += r.ok ? 0 : 1;
+  if (failed > 0 && log)
+    log(fmt::format("ablate: {} of {} variants failed (see results.md and logs/)", failed, rows.size()));
+  return dir;
+}
+
+}  // namespace pathline
