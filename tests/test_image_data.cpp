@@ -44,24 +44,7 @@ std::shared_ptr<Dataset> fashion(const std::map<std::string, ParamValue>& change
 
 at::Generator generator(std::uint64_t seed) { return at::detail::createCPUGenerator(seed); }
 
-// The message of the InputError that f throws ("" and a test failure otherwise).
-template <typename F>
-std::string input_error_of(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected InputError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected InputError, nothing was thrown";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle)                          \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
-      << "'" << (haystack) << "' lacks '" << (needle) << "'"
+using testing::input_error_of;
 
 // One number per image that tells images apart: their pixels against fixed random weights.
 torch::Tensor fingerprints(const torch::Tensor& x) {

@@ -43,25 +43,7 @@ void write_bytes(const fs::path& file, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// The message of the InputError that f throws ("" and a test failure if it throws nothing or
-// something else).
-template <typename F>
-std::string input_error_of(F&& f) {
-  try {
-    f();
-  } catch (const InputError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected InputError, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected InputError, nothing was thrown";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle)                          \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
-      << "'" << (haystack) << "' lacks '" << (needle) << "'"
+using pathline::testing::input_error_of;
 
 // A .npy v1.0 file with the given header dictionary text and data bytes, padded as NumPy pads.
 std::string make_npy(const std::string& dict, const std::string& data, char major = 1) {

@@ -12,6 +12,10 @@
 
 #include "pathline/engine/host.hpp"
 
+#define EXPECT_CONTAINS(haystack, needle)                          \
+  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) \
+      << "'" << (haystack) << "' lacks '" << (needle) << "'"
+
 namespace pathline::testing {
 
 inline std::filesystem::path builtin_plugins() {
@@ -105,6 +109,22 @@ inline CliResult run_cli(const std::string& args, const std::filesystem::path& c
   result.out = read_text(capture / "out");
   result.err = read_text(capture / "err");
   return result;
+}
+
+// The message of the InputError that f throws ("" and a test failure if it throws nothing or
+// something else).
+template <typename F>
+std::string input_error_of(F&& f) {
+  try {
+    f();
+  } catch (const InputError& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected InputError, got another exception: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected InputError, nothing was thrown";
+  return "";
 }
 
 inline std::vector<std::string> lines_of(const std::string& text) {
