@@ -33,15 +33,9 @@ namespace {
 // A fresh, empty folder per test, removed afterwards.
 class IoTest : public pathline::testing::FolderTest {};
 
-std::string read_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const fs::path& file, const std::string& bytes) {
-  std::ofstream out(file, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+// Whole files as bytes (the support helpers read and write in binary mode).
+using pathline::testing::read_text;
+using pathline::testing::write_text;
 
 using pathline::testing::input_error_of;
 
@@ -125,7 +119,7 @@ TEST_F(IoTest, NpyHeaderIsWhatNumpyWrites) {
     SCOPED_TRACE(c.shape);
     const fs::path file = path("h.npy");
     pathline::write_npy(file, c.tensor);
-    const std::string bytes = read_bytes(file);
+    const std::string bytes = read_text(file);
     ASSERT_GE(bytes.size(), 10u);
     EXPECT_EQ(bytes.substr(0, 6), std::string("\x93NUMPY"));
     EXPECT_EQ(bytes[6], '\x01');  // version 1.0
@@ -149,7 +143,7 @@ TEST_F(IoTest, NpyHeaderIsWhatNumpyWrites) {
 
 TEST_F(IoTest, NpyDataIsLittleEndianCOrder) {
   pathline::write_npy(path("d.npy"), torch::tensor({{1, 2}, {3, 258}}, torch::kInt64));
-  const std::string bytes = read_bytes(path("d.npy"));
+  const std::string bytes = read_text(path("d.npy"));
   ASSERT_EQ(bytes.size(), 128u + 32u);  // the dictionary needs 70 bytes, so the data starts at 128
   EXPECT_EQ(bytes[128], 1);
   EXPECT_EQ(bytes[136], 2);
@@ -168,7 +162,7 @@ TEST_F(IoTest, NpyReadsFilesFromOtherWriters) {
   header += '\n';
   std::string file = std::string("\x93NUMPY\x02", 7) + '\0';
   for (int i = 0; i < 4; ++i) file += static_cast<char>((header.size() >> (8 * i)) & 0xff);
-  write_bytes(path("v2.npy"), file + header + data);
+  write_text(path("v2.npy"), file + header + data);
   torch::Tensor t = pathline::read_npy(path("v2.npy"));
   EXPECT_TRUE(torch::equal(t, torch::tensor({1.25, -2.5}, torch::kFloat64)));
 
@@ -179,14 +173,14 @@ TEST_F(IoTest, NpyReadsFilesFromOtherWriters) {
   bytes += '\0';
   std::string one(8, '\0');
   one[0] = 7;
-  write_bytes(path("u.npy"), bytes + unpadded + one);
+  write_text(path("u.npy"), bytes + unpadded + one);
   EXPECT_EQ(pathline::read_npy(path("u.npy")).item<std::int64_t>(), 7);
 }
 
 TEST_F(IoTest, NpyCorruptFilesThrowSpecificInputErrors) {
   const std::string good_dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
   const std::string data(24, '\0');
-  write_bytes(path("good.npy"), make_npy(good_dict, data));
+  write_text(path("good.npy"), make_npy(good_dict, data));
   ASSERT_EQ(pathline::read_npy(path("good.npy")).sizes(), (std::vector<std::int64_t>{2, 3}));
 
   struct Case {
@@ -229,7 +223,7 @@ TEST_F(IoTest, NpyCorruptFilesThrowSpecificInputErrors) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
-    write_bytes(path(c.name), c.bytes);
+    write_text(path(c.name), c.bytes);
     const std::string message = input_error_of([&] { pathline::read_npy(path(c.name)); });
     EXPECT_CONTAINS(message, path(c.name).string() + ": ");
     EXPECT_CONTAINS(message, c.reason);
@@ -245,9 +239,9 @@ TEST_F(IoTest, NpyCorruptFilesThrowSpecificInputErrors) {
 TEST_F(IoTest, NpyNeverCrashesOnTruncationsOrFlippedBytes) {
   torch::manual_seed(2);
   pathline::write_npy(path("f.npy"), torch::randn({4, 3}));
-  const std::string good = read_bytes(path("f.npy"));
+  const std::string good = read_text(path("f.npy"));
   for (std::size_t n = 0; n < good.size(); ++n) {
-    write_bytes(path("cut.npy"), good.substr(0, n));
+    write_text(path("cut.npy"), good.substr(0, n));
     EXPECT_THROW(pathline::read_npy(path("cut.npy")), InputError) << "cut to " << n << " bytes";
   }
   // Each header byte changed in five ways (two bit flips, the top bit, a space, a NUL): the file is
@@ -262,7 +256,7 @@ TEST_F(IoTest, NpyNeverCrashesOnTruncationsOrFlippedBytes) {
       if (value == byte) continue;
       std::string bytes = good;
       bytes[i] = static_cast<char>(value);
-      write_bytes(path("flip.npy"), bytes);
+      write_text(path("flip.npy"), bytes);
       ++tried;
       try {
         const torch::Tensor t = pathline::read_npy(path("flip.npy"));
@@ -351,8 +345,8 @@ TEST_F(IoTest, NpyFilesLoadInNumpy) {
         " -c \"import numpy as np, sys; a = np.load(sys.argv[1], allow_pickle=False); "
         "print(a.dtype.str + '|' + ','.join(map(str, a.shape)) + '|' + repr(a.sum().item()))\" '" +
         file.string() + "' > '" + out.string() + "' 2>&1";
-    ASSERT_EQ(std::system(command.c_str()), 0) << read_bytes(out);
-    std::string got = read_bytes(out);
+    ASSERT_EQ(std::system(command.c_str()), 0) << read_text(out);
+    std::string got = read_text(out);
     while (!got.empty() && (got.back() == '\n' || got.back() == '\r')) got.pop_back();
     EXPECT_EQ(got, c.expected);
   }
@@ -372,7 +366,7 @@ TEST_F(IoTest, NpyReadsWhatNumpyWrites) {
       "np.save(d + '/fortran.npy', np.asfortranarray(np.ones((2, 3))))\n"
       "np.save(d + '/big.npy', np.arange(3, dtype='>f4'))\n"
       "np.save(d + '/i4.npy', np.arange(3, dtype='<i4'))\n";
-  write_bytes(path("make.py"), script);
+  write_text(path("make.py"), script);
   ASSERT_EQ(std::system((python + " '" + path("make.py").string() + "' '" + dir_.string() + "'").c_str()), 0);
 
   EXPECT_TRUE(torch::equal(pathline::read_npy(path("f4.npy")),
@@ -423,11 +417,11 @@ TEST_F(IoTest, WriteFileAtomicWritesReadFileReadsBack) {
 
 TEST_F(IoTest, WriteFileAtomicOntoADirectoryFailsAndLeavesItAlone) {
   fs::create_directories(path("target"));
-  write_bytes(path("target/inside"), "kept");
+  write_text(path("target/inside"), "kept");
   const std::string message = input_error_of([&] { pathline::write_file_atomic(path("target"), "new"); });
   EXPECT_EQ(message, path("target").string() + ": cannot write: is a directory, not a file");
   EXPECT_TRUE(fs::is_directory(path("target")));
-  EXPECT_EQ(read_bytes(path("target/inside")), "kept");
+  EXPECT_EQ(read_text(path("target/inside")), "kept");
   EXPECT_EQ(names_in(dir_), (std::vector<std::string>{"target"}));
 }
 
@@ -452,7 +446,7 @@ TEST_F(IoTest, WriteFileAtomicInAReadOnlyFolderKeepsTheOldContent) {
   if (was_root) ::setfsuid(0);
   fs::permissions(folder, fs::perms::owner_all);
   EXPECT_EQ(message, (folder / "f.txt").string() + ": cannot write: Permission denied");
-  EXPECT_EQ(read_bytes(folder / "f.txt"), "old content");
+  EXPECT_EQ(read_text(folder / "f.txt"), "old content");
   EXPECT_EQ(names_in(folder), (std::vector<std::string>{"f.txt"}));
 }
 
@@ -461,10 +455,10 @@ TEST_F(IoTest, WriteFileAtomicRejectsNamesThatAreNotFiles) {
                   ": cannot write: not a file name");
   EXPECT_CONTAINS(input_error_of([&] { pathline::write_file_atomic(dir_ / "..", "x"); }),
                   ": cannot write: not a file name");
-  write_bytes(path("plain"), "file");
+  write_text(path("plain"), "file");
   const std::string under_file = input_error_of([&] { pathline::write_file_atomic(path("plain/x"), "x"); });
   EXPECT_EQ(under_file, path("plain/x").string() + ": cannot write: Not a directory");
-  EXPECT_EQ(read_bytes(path("plain")), "file");
+  EXPECT_EQ(read_text(path("plain")), "file");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -486,7 +480,7 @@ TEST_F(IoTest, PngRoundTripIsExactForGreyRgbAndRgba) {
     SCOPED_TRACE(channels);
     const Image image = random_image(37, 23, channels, 10 + channels);
     pathline::write_png(path("r.png"), image);
-    EXPECT_EQ(read_bytes(path("r.png")).substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+    EXPECT_EQ(read_text(path("r.png")).substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
     const Image back = pathline::read_image(path("r.png"));
     EXPECT_EQ(back.width, 37);
     EXPECT_EQ(back.height, 23);
@@ -572,7 +566,7 @@ double mean_abs_error(const std::vector<std::uint8_t>& a, const std::vector<std:
 
 TEST_F(IoTest, JpegReadsBackCloseToWhatWasEncoded) {
   const Image colour = gradient(64, 48, 3);
-  write_bytes(path("c.jpg"), jpeg_of(colour, 95));
+  write_text(path("c.jpg"), jpeg_of(colour, 95));
   const Image back = pathline::read_image(path("c.jpg"));
   EXPECT_EQ(back.width, 64);
   EXPECT_EQ(back.height, 48);
@@ -582,19 +576,19 @@ TEST_F(IoTest, JpegReadsBackCloseToWhatWasEncoded) {
   EXPECT_GT(error, 0.0);  // lossy: had it been exact, this would not be the JPEG path
 
   const Image grey = gradient(40, 30, 1);
-  write_bytes(path("g.jpeg"), jpeg_of(grey, 95));
+  write_text(path("g.jpeg"), jpeg_of(grey, 95));
   // stb_image_write stores every JPEG as YCbCr, so grey comes back through the luminance.
   const Image grey_back = pathline::read_image(path("g.jpeg"), 1);
   EXPECT_EQ(grey_back.channels, 1);
   EXPECT_LT(mean_abs_error(grey_back.pixels, grey.pixels), 3.0);
   // By content, not by name: a JPEG called .png is still read as the JPEG it is.
-  write_bytes(path("really_a_jpeg.png"), jpeg_of(grey, 95));
+  write_text(path("really_a_jpeg.png"), jpeg_of(grey, 95));
   EXPECT_EQ(pathline::read_image(path("really_a_jpeg.png"), 3).channels, 3);
 }
 
 TEST_F(IoTest, BrokenPicturesThrowInputErrorsNamingTheFile) {
   pathline::write_png(path("good.png"), random_image(16, 12, 3, 30));
-  const std::string png = read_bytes(path("good.png"));
+  const std::string png = read_text(path("good.png"));
   const std::string jpeg = jpeg_of(gradient(32, 24, 3), 90);
   std::string bad_zlib = png;
   const std::size_t idat = bad_zlib.find("IDAT");
@@ -624,7 +618,7 @@ TEST_F(IoTest, BrokenPicturesThrowInputErrorsNamingTheFile) {
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
-    write_bytes(path(c.name), c.bytes);
+    write_text(path(c.name), c.bytes);
     const std::string message = input_error_of([&] { pathline::read_image(path(c.name)); });
     EXPECT_EQ(message.find(path(c.name).string() + ": "), 0u) << message;
     EXPECT_CONTAINS(message, c.reason);
@@ -637,14 +631,14 @@ TEST_F(IoTest, BrokenPicturesThrowInputErrorsNamingTheFile) {
 
 TEST_F(IoTest, DamagedPicturesNeverCrash) {
   pathline::write_png(path("good.png"), random_image(24, 16, 3, 40));
-  const std::string png = read_bytes(path("good.png"));
+  const std::string png = read_text(path("good.png"));
   const std::string jpeg = jpeg_of(gradient(48, 32, 3), 90);
   // Every cut is an InputError: a whole PNG ends with IEND, a whole JPEG with EOI. (Cuts through
   // the headers every few bytes, and each of the last 32: a slow disk makes each try cost.)
   for (const std::string* good : {&png, &jpeg}) {
     const std::size_t step = std::max<std::size_t>(1, good->size() / 120);
     for (std::size_t n = 0; n < good->size(); n += n + 32 >= good->size() ? 1 : step) {
-      write_bytes(path("cut"), good->substr(0, n));
+      write_text(path("cut"), good->substr(0, n));
       EXPECT_THROW(pathline::read_image(path("cut")), InputError) << "cut to " << n << " of " << good->size();
     }
   }
@@ -655,7 +649,7 @@ TEST_F(IoTest, DamagedPicturesNeverCrash) {
     std::string bytes = trial % 2 ? png : jpeg;
     const int flips = 1 + static_cast<int>(rng() % 4);
     for (int f = 0; f < flips; ++f) bytes[rng() % bytes.size()] = static_cast<char>(rng() & 0xff);
-    write_bytes(path("damaged"), bytes);
+    write_text(path("damaged"), bytes);
     try {
       const Image image = pathline::read_image(path("damaged"), 3);
       ++decoded;

@@ -29,15 +29,9 @@ namespace {
 // A fresh, empty folder per test, removed afterwards.
 class SafetensorsTest : public pathline::testing::FolderTest {};
 
-std::string read_bytes(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const fs::path& file, const std::string& bytes) {
-  std::ofstream out(file, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+// Whole files as bytes (the support helpers read and write in binary mode).
+using pathline::testing::read_text;
+using pathline::testing::write_text;
 
 using pathline::testing::input_error_of;
 
@@ -121,7 +115,7 @@ TEST_F(SafetensorsTest, RoundTripIsBitExactForEveryDtypeAndShape) {
   pathline::write_safetensors(path("none.safetensors"), {});
   EXPECT_TRUE(pathline::read_safetensors(path("none.safetensors"), &meta_back).empty());
   EXPECT_TRUE(meta_back.empty());
-  EXPECT_EQ(read_bytes(path("none.safetensors")), make_safetensors("{}      ", ""));
+  EXPECT_EQ(read_text(path("none.safetensors")), make_safetensors("{}      ", ""));
 }
 
 TEST_F(SafetensorsTest, LayoutIsTheReferenceOne) {
@@ -129,7 +123,7 @@ TEST_F(SafetensorsTest, LayoutIsTheReferenceOne) {
   pathline::write_safetensors(
       file, {{"b", torch::tensor({1.5f, -2.f})}, {"a", torch::tensor({{1, 2}, {3, 258}}, torch::kInt16)}},
       {{"k", "v"}});
-  const std::string bytes = read_bytes(file);
+  const std::string bytes = read_text(file);
   const std::string json =
       "{\"__metadata__\":{\"k\":\"v\"},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
       "\"a\":{\"dtype\":\"I16\",\"shape\":[2,2],\"data_offsets\":[8,16]}}";
@@ -155,7 +149,7 @@ TEST_F(SafetensorsTest, ReadsTensorsInOrderOfTheirDataOffsets) {
       "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]},"
       "\"e\":{\"dtype\":\"F32\",\"shape\":[0,5],\"data_offsets\":[3,3]},"
       "\"a\":{\"dtype\":\"U8\",\"shape\":[],\"data_offsets\":[0,1]}}  ";
-  write_bytes(path("o.safetensors"), make_safetensors(header, "\x07\x08\x09"));
+  write_text(path("o.safetensors"), make_safetensors(header, "\x07\x08\x09"));
   std::map<std::string, std::string> meta = {{"x", "y"}};
   const Named back = pathline::read_safetensors(path("o.safetensors"), &meta);
   EXPECT_TRUE(meta.empty());
@@ -222,7 +216,7 @@ TEST_F(SafetensorsTest, WriterRejectsBadNamesAndTensorsAndWritesNothing) {
 
 TEST_F(SafetensorsTest, CorruptFilesThrowSpecificInputErrors) {
   const std::string f32_2 = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}";
-  write_bytes(path("good.safetensors"), make_safetensors(f32_2, std::string(8, '\0')));
+  write_text(path("good.safetensors"), make_safetensors(f32_2, std::string(8, '\0')));
   ASSERT_EQ(pathline::read_safetensors(path("good.safetensors")).size(), 1u);
 
   // The entry of tensor "a" with the given fields, alone in a header.
@@ -335,7 +329,7 @@ TEST_F(SafetensorsTest, CorruptFilesThrowSpecificInputErrors) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
     const fs::path file = path(c.name + ".safetensors");
-    write_bytes(file, c.bytes);
+    write_text(file, c.bytes);
     const std::string message = input_error_of([&] { pathline::read_safetensors(file); });
     EXPECT_EQ(message.find(file.string() + ": "), 0u) << message;
     EXPECT_CONTAINS(message, c.reason);
@@ -354,10 +348,10 @@ TEST_F(SafetensorsTest, NeverCrashesOnTruncationsOrDamagedBytes) {
                                {"s", torch::tensor(5, torch::kInt64)},
                                {"h", torch::ones({2}, torch::kFloat16)}},
                               {{"k", "v"}});
-  const std::string good = read_bytes(path("f.safetensors"));
+  const std::string good = read_text(path("f.safetensors"));
   const fs::path file = path("x.safetensors");
   for (std::size_t n = 0; n < good.size(); ++n) {
-    write_bytes(file, good.substr(0, n));
+    write_text(file, good.substr(0, n));
     EXPECT_THROW(pathline::read_safetensors(file), InputError) << "cut to " << n << " bytes";
   }
   // Random damage anywhere: the file reads, or it is rejected with one line naming it; nothing else.
@@ -375,7 +369,7 @@ TEST_F(SafetensorsTest, NeverCrashesOnTruncationsOrDamagedBytes) {
                  : r == 2 ? static_cast<char>("0123456789[]{},:\"-. "[rng() % 20])
                           : '\0';
     }
-    write_bytes(file, bytes);
+    write_text(file, bytes);
     try {
       const Named back = pathline::read_safetensors(file);
       ++read_back;
@@ -396,7 +390,7 @@ TEST_F(SafetensorsTest, NeverCrashesOnTruncationsOrDamagedBytes) {
   for (int trial = 0; trial < 500; ++trial) {
     std::string bytes = make_safetensors(std::string(40, ' '), "").substr(0, 8);
     for (int i = 0; i < 60; ++i) bytes += static_cast<char>(rng());
-    write_bytes(file, bytes);
+    write_text(file, bytes);
     EXPECT_THROW(pathline::read_safetensors(file), InputError);
   }
 }
@@ -649,12 +643,12 @@ TEST_F(SafetensorsTest, NumpyReadsWhatCppWritesBitExactly) {
   }
   expected.push_back("ok");
 
-  write_bytes(path("reader.py"), kNumpyReader);
+  write_text(path("reader.py"), kNumpyReader);
   const fs::path out = path("out.txt"), err = path("err.txt");
   const std::string command = python + " '" + path("reader.py").string() + "' '" + file.string() + "' '" +
                               npy_dir.string() + "' > '" + out.string() + "' 2> '" + err.string() + "'";
-  ASSERT_EQ(std::system(command.c_str()), 0) << read_bytes(err);
-  EXPECT_EQ(pathline::testing::lines_of(read_bytes(out)), expected);
+  ASSERT_EQ(std::system(command.c_str()), 0) << read_text(err);
+  EXPECT_EQ(pathline::testing::lines_of(read_text(out)), expected);
 }
 
 }  // namespace

@@ -74,6 +74,15 @@ torch::Tensor squared_cost(const std::string& who, const torch::Tensor& x0, cons
   return cost;
 }
 
+// The source rows permuted so that sum_i ||x0_perm(i) - x1_i||^2 is minimal (exact assignment).
+std::pair<Batch, Batch> exact_ot_pairing(const std::string& who, Batch source, Batch target) {
+  auto cost = squared_cost(who, source.x, target.x, /*centre=*/true);
+  const std::int64_t n = cost.size(0);
+  if (n <= 1) return {std::move(source), std::move(target)};
+  std::vector<std::int64_t> row_of_col = solve_assignment(cost.data_ptr<double>(), n, who);
+  return {select_rows(source, torch::tensor(row_of_col, torch::kLong)), std::move(target)};
+}
+
 // Mini-batch optimal transport (Tong et al. 2023, "Improving and generalizing flow-based generative
 // models with minibatch optimal transport"; Pooladian et al. 2023): within each batch, noise rows
 // are permuted so that the total squared distance sum_i ||x0_perm(i) - x1_i||^2 is minimal. The
@@ -84,11 +93,7 @@ class MinibatchOtCoupling : public pathline::Coupling {
   MinibatchOtCoupling(const Params&, const BuildContext&) {}
 
   std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator&) override {
-    auto cost = squared_cost("minibatch_ot", source.x, target.x, /*centre=*/true);
-    const std::int64_t n = cost.size(0);
-    if (n <= 1) return {std::move(source), std::move(target)};
-    std::vector<std::int64_t> row_of_col = solve_assignment(cost.data_ptr<double>(), n, "minibatch_ot");
-    return {select_rows(source, torch::tensor(row_of_col, torch::kLong)), std::move(target)};
+    return exact_ot_pairing("minibatch_ot", std::move(source), std::move(target));
   }
 };
 
@@ -104,12 +109,8 @@ class ConditionalOtCoupling : public pathline::Coupling {
 
   std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator&) override {
     const std::int64_t n = source.x.dim() ? source.x.size(0) : 0;
-    if (!target.labels.defined()) {
-      auto cost = squared_cost("conditional_ot", source.x, target.x, /*centre=*/true);
-      if (n <= 1) return {std::move(source), std::move(target)};
-      std::vector<std::int64_t> row_of_col = solve_assignment(cost.data_ptr<double>(), n, "conditional_ot");
-      return {select_rows(source, torch::tensor(row_of_col, torch::kLong)), std::move(target)};
-    }
+    if (!target.labels.defined())
+      return exact_ot_pairing("conditional_ot", std::move(source), std::move(target));
     torch::Tensor labels = target.labels.to(torch::kCPU, torch::kLong);
     std::vector<std::int64_t> perm(static_cast<std::size_t>(n));
     for (std::int64_t i = 0; i < n; ++i) perm[static_cast<std::size_t>(i)] = i;

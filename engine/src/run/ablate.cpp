@@ -389,12 +389,9 @@ std::string last_error(const fs::path& log) {
     return "no log";
   }
   std::istringstream lines(text);
-  std::string line, last, error;
-  while (std::getline(lines, line)) {
-    if (line.empty()) continue;
-    last = line;
-    if (line.find("error") != std::string::npos || line.find(": ") != std::string::npos) error = line;
-  }
+  std::string line, last;
+  while (std::getline(lines, line))
+    if (!line.empty()) last = line;
   return last.empty() ? "no output" : last;
 }
 
