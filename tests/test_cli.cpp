@@ -1,7 +1,10 @@
 // The `pathline` command line: exit codes (0 ok, 2 usage or invalid config, 1 failure while
 // running), messages on stderr, results on stdout, and nothing written by a failed validation.
+#include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "pathline/engine/build.hpp"
 #include "pathline/engine/io.hpp"
 #include "support/support.hpp"
 
@@ -308,6 +311,68 @@ TEST(Cli, EvalErrorsKeepTheEarlierResults) {
   EXPECT_EQ(corrupt.err.rfind("pathline eval: error: runs/good/samples.npy", 0), 0u) << corrupt.err;
   EXPECT_EQ(lines_of(corrupt.err).size(), 1u) << corrupt.err;
   EXPECT_EQ(testing::read_text(dir / "runs/good/eval.json"), before);
+}
+
+TEST(Cli, BenchMeasuresTrainingSamplingAndMatrixProducts) {
+  const std::string quickstart = std::string(PATHLINE_SOURCE_DIR) + "/configs/quickstart.toml";
+  auto train = run_cli("bench train '" + quickstart + "' --steps 3 --warmup 1 --set train.batch_size=32");
+  ASSERT_EQ(train.code, 0) << train.err;
+  auto t = nlohmann::json::parse(train.out);
+  EXPECT_EQ(t["job"], "train");
+  EXPECT_EQ(t["steps"], 3);
+  EXPECT_EQ(t["batch_size"], 32);
+  EXPECT_GT(t["steps_per_s"].get<double>(), 0.0);
+  EXPECT_NEAR(t["samples_per_s"].get<double>(), 32 * t["steps_per_s"].get<double>(), 1e-6);
+  // The quickstart MLP: 4 layers of 256 on [x, 32 time features]: (34 + 3 x 256) x 256 + 256 x 2.
+  EXPECT_EQ(t["macs_per_sample"].get<double>(), (34.0 + 3 * 256) * 256 + 256 * 2);
+  EXPECT_TRUE(t["fused_optimizer"].get<bool>());
+  EXPECT_GT(t["peak_mb"].get<double>(), 10.0);
+  EXPECT_TRUE(std::isfinite(t["last_loss"].get<double>()));
+
+  auto sample =
+      run_cli("bench sample '" + quickstart +
+              "' --repeats 1 --warmup 0 --set sample.n=50 --set solver.steps=3 --set sample.trajectories=0");
+  ASSERT_EQ(sample.code, 0) << sample.err;
+  auto s = nlohmann::json::parse(sample.out);
+  EXPECT_EQ(s["nfe"], 6);  // midpoint: two evaluations a step
+  EXPECT_EQ(s["n"], 50);
+  EXPECT_GT(s["samples_per_s"].get<double>(), 0.0);
+
+  auto peak = run_cli("bench peak --size 64 --repeats 2 --threads 1");
+  ASSERT_EQ(peak.code, 0) << peak.err;
+  auto p = nlohmann::json::parse(peak.out);
+  EXPECT_EQ(p["size"], 64);
+  EXPECT_EQ(p["threads"], 1);
+  EXPECT_GT(p["gflops"].get<double>(), 0.0);
+
+  auto bad = run_cli("bench walk");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_EQ(bad.err,
+            "pathline bench: unknown job 'walk'; use train, sample or peak (see 'pathline bench --help')\n");
+  auto zero = run_cli("bench train '" + quickstart + "' --steps 0");
+  EXPECT_EQ(zero.code, 2);
+  EXPECT_NE(zero.err.find("--steps and --repeats must be at least 1"), std::string::npos) << zero.err;
+  auto broken = run_cli("bench train '" + quickstart + "' --set model.width=0");
+  EXPECT_EQ(broken.code, 2);
+  EXPECT_NE(broken.err.find("model.width"), std::string::npos) << broken.err;
+}
+
+TEST(Cli, BlasKernelsAreLeftAloneWhenTheUserChoseThem) {
+  // OPENBLAS_CORETYPE set by the user: Pathline does not second-guess it.
+  ::setenv("OPENBLAS_CORETYPE", "HASWELL", 1);
+  EXPECT_FALSE(blas_kernel_override().has_value());
+  ::unsetenv("OPENBLAS_CORETYPE");
+  // The `pathline` command runs on kernels for what the processor supports: never the generic ones
+  // on a processor with AVX2.
+  auto peak = run_cli("bench peak --size 64 --repeats 1");
+  ASSERT_EQ(peak.code, 0) << peak.err;
+  const std::string kernels = nlohmann::json::parse(peak.out)["blas"];
+  __builtin_cpu_init();
+  if (!kernels.empty() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_NE(kernels, "Prescott");
+    EXPECT_NE(kernels, "Core2");
+    EXPECT_NE(kernels, "Nehalem");
+  }
 }
 
 }  // namespace

@@ -4,8 +4,12 @@
 #include <malloc.h>
 #endif
 
+#include <dlfcn.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <thread>
 
 #include "pathline/engine/random.hpp"
@@ -23,6 +27,43 @@ void apply_thread_setting(const PipelineConfig& config) {
   if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(static_cast<int>(threads));
   keep_freed_memory();
+}
+
+std::string blas_kernel_name() {
+  using CoreName = char* (*)();
+  auto name = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (!name) return "";
+  const char* text = name();
+  return text ? text : "";
+}
+
+std::optional<std::string> blas_kernel_override() {
+  if (std::getenv("OPENBLAS_CORETYPE")) return std::nullopt;
+  std::string core = blas_kernel_name();
+  if (core.empty()) return std::nullopt;
+  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
+  // What the kernels OpenBLAS chose need of the processor: 3 AVX-512, 2 AVX2 + FMA, 1 AVX, 0 SSE.
+  // A name not listed here is a family this code does not know: its choice is left alone.
+  static const std::vector<std::pair<std::string, int>> levels = {
+      {"prescott", 0},    {"core2", 0},     {"penryn", 0},     {"dunnington", 0},   {"nehalem", 0},
+      {"atom", 0},        {"nano", 0},      {"opteron", 0},    {"opteron_sse3", 0}, {"barcelona", 0},
+      {"bobcat", 0},      {"katmai", 0},    {"coppermine", 0}, {"northwood", 0},    {"banias", 0},
+      {"sandybridge", 1}, {"bulldozer", 1}, {"piledriver", 2}, {"steamroller", 2},  {"excavator", 2},
+      {"haswell", 2},     {"zen", 2},       {"skylakex", 3},   {"cooperlake", 3},   {"sapphirerapids", 3}};
+  auto known = std::find_if(levels.begin(), levels.end(), [&](const auto& l) { return l.first == core; });
+  if (known == levels.end()) return std::nullopt;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  // __builtin_cpu_supports also checks that the operating system saves the wider registers.
+  if (known->second < 3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512cd"))
+    return std::string("SKYLAKEX");
+  if (known->second < 2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return std::string("HASWELL");
+  if (known->second < 1 && __builtin_cpu_supports("avx")) return std::string("SANDYBRIDGE");
+#endif
+  return std::nullopt;
 }
 
 void keep_freed_memory() {

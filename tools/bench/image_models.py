@@ -26,6 +26,7 @@ OpenMP threads that sleep instead of spinning at the end of parallel regions:
     /usr/bin/python3 tools/bench/image_models.py
 """
 import argparse
+import json
 import resource
 import time
 
@@ -271,6 +272,11 @@ def bench(name, model, precision, batch, steps, warmup, channels_last, shape, nu
     after = resource.getrusage(resource.RUSAGE_SELF)
     params = sum(p.numel() for p in model.parameters())
     layout = " channels-last" if channels_last else ""
+    if JSON:
+        print(json.dumps({"model": name, "precision": precision, "parameters": params, "batch": batch,
+                          "images_per_s": batch * steps / seconds, "steps_per_s": steps / seconds,
+                          "peak_mb": after.ru_maxrss / 1024.0, "threads": torch.get_num_threads()}), flush=True)
+        return
     print(f"{name:5s} {precision}{layout}: {params / 1e6:.3f}M parameters, {batch * steps / seconds:7.1f} images/s "
           f"({seconds / steps * 1000:.0f} ms/step, batch {batch}, {torch.get_num_threads()} threads)", flush=True)
     # On a busy or virtualised machine wall time varies a lot; CPU time and page faults (first
@@ -280,7 +286,11 @@ def bench(name, model, precision, batch, steps, warmup, channels_last, shape, nu
           f"minor page faults {(after.ru_minflt - before.ru_minflt) // steps}", flush=True)
 
 
+JSON = False
+
+
 def main():
+    global JSON
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["unet", "dit", "both"], default="both")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
@@ -291,7 +301,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--patch", type=int, default=2, help="the DiT's patch size")
+    ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
+    JSON = args.json
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(args.shape)
@@ -300,7 +313,7 @@ def main():
     for name in models:
         for precision in precisions:
             for channels_last in [False, True] if (name == "unet" and args.channels_last) else [False]:
-                model = UNet(shape, args.classes) if name == "unet" else DiT(shape, args.classes)
+                model = UNet(shape, args.classes) if name == "unet" else DiT(shape, args.classes, patch=args.patch)
                 bench(name, model, precision, args.batch, args.steps, args.warmup, channels_last, shape, args.classes)
 
 

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdlib>
 #include <iostream>
@@ -12,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "pathline/engine/bench.hpp"
+#include "pathline/engine/build.hpp"
 #include "pathline/engine/config.hpp"
 #include "pathline/engine/host.hpp"
 #include "pathline/engine/io.hpp"
@@ -41,6 +44,8 @@ const char* kCommands =
     "  sample RUN_DIR       sample and evaluate a trained run, optionally with another solver\n"
     "  ablate CONFIG        run every variant of the config's [ablation] sweep; results.csv, .md and charts\n"
     "  eval RUN_DIR         compute a run's metrics (and nll) on its samples or fresh ones into eval.json\n"
+    "  bench JOB [CONFIG]   time the engine's training step, sampling or matrix products (JSON); the full\n"
+    "                       comparison with PyTorch is tools/bench/run.sh\n"
     "\nRun 'pathline COMMAND --help' for a command's options.\n";
 
 po::options_description common_options() {
@@ -408,6 +413,49 @@ int cmd_eval(const std::vector<std::string>& args) {
   return kOk;
 }
 
+int cmd_bench(const std::vector<std::string>& args) {
+  po::options_description options("Options");
+  options.add_options()("job", po::value<std::string>(), "train, sample or peak")(
+      "config", po::value<std::string>(), "pipeline TOML file (train, sample)")(
+      "steps", po::value<std::int64_t>()->default_value(100), "timed training steps (train)")(
+      "warmup", po::value<std::int64_t>()->default_value(10), "untimed steps or draws first")(
+      "repeats", po::value<std::int64_t>()->default_value(3), "timed draws (sample) or products (peak)")(
+      "size", po::value<std::int64_t>()->default_value(2048), "matrix size (peak)")(
+      "threads", po::value<int>()->default_value(0), "threads (peak; 0: every core)");
+  add_set_option(options);
+  po::positional_options_description positional;
+  positional.add("job", 1).add("config", 1);
+  auto vm = parse("bench", args, options, positional,
+                  "train|sample CONFIG [--steps N] [--warmup N] [--repeats N] [--set key=value ...]\n"
+                  "       pathline bench peak [--size N] [--threads N] [--repeats N]");
+  if (!vm) return kOk;
+  const std::string job = required_positional(*vm, "job", "JOB (train, sample or peak)");
+  BenchOptions bench;
+  bench.warmup = (*vm)["warmup"].as<std::int64_t>();
+  bench.steps = (*vm)["steps"].as<std::int64_t>();
+  bench.repeats = (*vm)["repeats"].as<std::int64_t>();
+  if (bench.warmup < 0 || bench.steps < 1 || bench.repeats < 1)
+    throw UsageError("--steps and --repeats must be at least 1, --warmup at least 0");
+  if (job == "peak") {
+    const auto size = (*vm)["size"].as<std::int64_t>();
+    if (size < 1 || size > 16384) throw UsageError("--size must be 1 to 16384");
+    std::cout << bench_peak(size, (*vm)["threads"].as<int>(), bench) << "\n";
+    return kOk;
+  }
+  if (job != "train" && job != "sample")
+    throw UsageError("unknown job '" + job + "'; use train, sample or peak");
+  std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
+  Session s;
+  s.load(*vm);
+  ConfigOptions co;
+  co.overrides = overrides_of(*vm);
+  PipelineConfig config = load_config(file, s.registry, co);
+  std::cout << (job == "train" ? bench_train(config, s.registry, bench)
+                               : bench_sample(config, s.registry, bench))
+            << "\n";
+  return kOk;
+}
+
 int dispatch(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
@@ -433,6 +481,7 @@ int dispatch(int argc, char** argv) {
     if (command == "ablate") return cmd_ablate(rest);
     if (command == "sample") return cmd_sample(rest);
     if (command == "eval") return cmd_eval(rest);
+    if (command == "bench") return cmd_bench(rest);
   } catch (const Interrupted& e) {
     Console::get().line(std::string("pathline ") + command + ": " + e.what());
     return 128 + e.signal;
@@ -455,8 +504,8 @@ int dispatch(int argc, char** argv) {
     std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
     return kFailure;
   }
-  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run",
-                                       "train",   "resume",  "sample",   "eval"};
+  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run",  "train",
+                                       "resume",  "sample",  "ablate",   "eval", "bench"};
   std::string suggestion = closest_match(command, commands);
   std::cerr << "pathline: unknown command '" << command << "'"
             << (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") << "\n\n"
@@ -464,9 +513,25 @@ int dispatch(int argc, char** argv) {
   return kUsage;
 }
 
+// The commands that compute run on the BLAS kernels the processor supports: when the loaded
+// OpenBLAS chose slower ones (blas_kernel_override), the process starts itself again with
+// OPENBLAS_CORETYPE set, which OpenBLAS reads only as it loads. The others start as they are.
+void use_fast_blas(int argc, char** argv) {
+  static const std::vector<std::string> computing = {"run",    "train", "resume", "sample",
+                                                     "ablate", "eval",  "bench"};
+  if (argc < 2 || std::find(computing.begin(), computing.end(), argv[1]) == computing.end()) return;
+  const char* check = std::getenv("PATHLINE_BLAS_CHECK");
+  if (check && std::string(check) == "0") return;
+  const auto core = blas_kernel_override();
+  if (!core) return;
+  ::setenv("OPENBLAS_CORETYPE", core->c_str(), 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: go on with the kernels there are
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  use_fast_blas(argc, argv);
   try {
     return dispatch(argc, argv);
   } catch (const std::exception& e) {

@@ -87,6 +87,10 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
             "optimizer", {"adamw", "adam"}, "adamw",
             "adamw: Adam with decoupled weight decay (Loshchilov & Hutter 2019); adam: Adam with "
             "weight_decay as an L2 term added to the gradient (Kingma & Ba 2015)"),
+        ParamSpec::boolean(
+            "fused_optimizer", true,
+            "update every parameter and the EMA in one fused pass (float32 weights on the CPU); "
+            "false: LibTorch's optimizer, one tensor at a time (the same arithmetic)"),
         ParamSpec::real("lr", 1e-3, "peak learning rate (after warm-up)").greater_than(0),
         ParamSpec::real_list("betas", {0.9, 0.999}, "Adam's betas (first and second moment decay)")
             .size(2)

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "../precision.hpp"
+#include "fused_kernels.hpp"
 #include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
@@ -85,6 +86,154 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Params& tp,
       params, torch::optim::AdamWOptions(lr).betas({betas[0], betas[1]}).eps(eps).weight_decay(decay));
 }
 
+}  // namespace
+
+// Adam and AdamW over every parameter in one pass, with the EMA in the same pass, instead of
+// LibTorch's optimizer: that one runs about eight tensor operations per parameter tensor (and
+// allocates a denominator for each), which on small models costs more than the arithmetic. The
+// moments and the EMA live in flat buffers (one allocation each); the parameters and gradients stay
+// the model's own tensors. The chunks below split the parameters into pieces of at most kChunk
+// elements that the intra-op threads share.
+class FusedAdam {
+ public:
+  // Whether the fused update applies: float32, contiguous CPU parameters that all require gradients.
+  static bool applies(const std::vector<torch::Tensor>& params) {
+    if (params.empty()) return false;
+    for (const auto& p : params)
+      if (!p.device().is_cpu() || p.scalar_type() != torch::kFloat32 || !p.is_contiguous() ||
+          !p.requires_grad())
+        return false;
+    return true;
+  }
+
+  FusedAdam(const std::vector<torch::Tensor>& params, const Params& tp, bool decoupled, bool ema)
+      : params_(params), decoupled_(decoupled) {
+    const auto& betas = tp.real_list("betas");
+    beta1_ = betas[0], beta2_ = betas[1], eps_ = tp.real("eps"), weight_decay_ = tp.real("weight_decay");
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const std::int64_t n = params_[i].numel();
+      for (std::int64_t begin = 0; begin < n; begin += kChunk)
+        chunks_.push_back({i, begin, std::min(n, begin + kChunk), total + begin});
+      offsets_.push_back(total);
+      total += n;
+    }
+    exp_avg = torch::zeros({total});
+    exp_avg_sq = torch::zeros({total});
+    if (ema) {
+      torch::NoGradGuard no_grad;
+      ema_flat = torch::empty({total});
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        torch::Tensor view = ema_flat.narrow(0, offsets_[i], params_[i].numel()).view(params_[i].sizes());
+        view.copy_(params_[i]);
+        ema_views.push_back(view);
+      }
+    }
+  }
+
+  // The gradients as float32 contiguous tensors (undefined where a parameter got none this step).
+  void gather_gradients() {
+    grads_.assign(params_.size(), torch::Tensor());
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const torch::Tensor& g = params_[i].grad();
+      if (g.defined())
+        grads_[i] = g.scalar_type() == torch::kFloat32 ? g.contiguous() : g.to(torch::kFloat32).contiguous();
+    }
+  }
+
+  // The squared global norm of the gathered gradients (in double).
+  double grad_square_sum() const {
+    std::vector<double> parts(chunks_.size(), 0.0);
+    at::parallel_for(
+        0, static_cast<std::int64_t>(chunks_.size()), 1, [&](std::int64_t first, std::int64_t last) {
+          for (std::int64_t c = first; c < last; ++c) {
+            const Chunk& chunk = chunks_[c];
+            const torch::Tensor& g = grads_[chunk.param];
+            if (g.defined())
+              parts[c] = kernels::square_sum(g.data_ptr<float>() + chunk.begin, chunk.end - chunk.begin);
+          }
+        });
+    double total = 0.0;
+    for (double part : parts) total += part;
+    return total;
+  }
+
+  // One update with learning rate `lr`, the gradients scaled by `grad_scale` (clipping), and the
+  // EMA moved by `ema_weight` = 1 - decay towards the new weights. Parameters without a gradient
+  // are left alone, as LibTorch's optimizers leave them.
+  void step(double lr, double grad_scale, double ema_weight) {
+    ++updates;
+    const double bc1 = 1.0 - std::pow(beta1_, static_cast<double>(updates));
+    const double bc2 = 1.0 - std::pow(beta2_, static_cast<double>(updates));
+    kernels::AdamScalars s{};
+    s.beta1 = static_cast<float>(beta1_);
+    s.beta2 = static_cast<float>(beta2_);
+    s.eps = static_cast<float>(eps_);
+    s.step_size = static_cast<float>(lr / bc1);
+    s.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+    s.decay = static_cast<float>(decoupled_ ? 1.0 - lr * weight_decay_ : 1.0);
+    s.l2 = static_cast<float>(decoupled_ ? 0.0 : weight_decay_);
+    s.grad_scale = static_cast<float>(grad_scale);
+    s.ema_weight = static_cast<float>(ema_weight);
+    float* m = exp_avg.data_ptr<float>();
+    float* v = exp_avg_sq.data_ptr<float>();
+    float* ema = ema_flat.defined() ? ema_flat.data_ptr<float>() : nullptr;
+    torch::NoGradGuard no_grad;
+    at::parallel_for(0, static_cast<std::int64_t>(chunks_.size()), 1,
+                     [&](std::int64_t first, std::int64_t last) {
+                       for (std::int64_t c = first; c < last; ++c) {
+                         const Chunk& chunk = chunks_[c];
+                         const torch::Tensor& g = grads_[chunk.param];
+                         if (!g.defined()) continue;
+                         const std::int64_t at = chunk.offset;
+                         kernels::adam_update(params_[chunk.param].data_ptr<float>() + chunk.begin,
+                                              g.data_ptr<float>() + chunk.begin, m + at, v + at,
+                                              ema ? ema + at : nullptr, chunk.end - chunk.begin, s);
+                       }
+                     });
+    grads_.clear();
+  }
+
+  void save(torch::serialize::OutputArchive& archive) const {
+    archive.write("updates", torch::tensor(updates, torch::kInt64));
+    archive.write("exp_avg", exp_avg);
+    archive.write("exp_avg_sq", exp_avg_sq);
+  }
+
+  void load(torch::serialize::InputArchive& archive) {
+    torch::Tensor count;
+    archive.read("updates", count);
+    updates = count.item<std::int64_t>();
+    for (const auto& [key, target] :
+         {std::pair<const char*, torch::Tensor*>{"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}}) {
+      torch::Tensor value;  // a fresh one: reading into a defined tensor re-points its storage
+      archive.read(key, value);
+      if (value.sizes() != target->sizes())
+        throw InputError(fmt::format("optimizer state {} holds {} values; the model has {} parameters", key,
+                                     value.numel(), target->numel()));
+      target->copy_(value);
+    }
+  }
+
+  torch::Tensor exp_avg, exp_avg_sq, ema_flat;  // flat, in the order of the parameters
+  std::vector<torch::Tensor> ema_views;         // ema_flat viewed as each parameter
+  std::int64_t updates = 0;                     // the bias corrections' step count
+
+ private:
+  static constexpr std::int64_t kChunk = 1 << 15;
+  struct Chunk {
+    std::size_t param;
+    std::int64_t begin, end, offset;  // [begin, end) of the parameter; offset of begin in the flat buffers
+  };
+  std::vector<torch::Tensor> params_, grads_;
+  std::vector<std::int64_t> offsets_;
+  std::vector<Chunk> chunks_;
+  bool decoupled_;
+  double beta1_ = 0.9, beta2_ = 0.999, eps_ = 1e-8, weight_decay_ = 0.0;
+};
+
+namespace {
+
 // A testing aid: PATHLINE_FAULT=kill-in-step:N makes the process SIGKILL itself in the middle of
 // step N (after the backward pass, before the update), as a machine failure would.
 std::int64_t fault_step() {
@@ -125,16 +274,24 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
     throw InputError(
         fmt::format("train.accumulate = {} is more micro-batches than train.batch_size = {} has samples",
                     accumulate_, batch_));
-  optimizer_ = make_optimizer(tp, params_);
-  if (ema_decay_ > 0) {
-    torch::NoGradGuard no_grad;
-    for (const auto& p : params_) ema_.push_back(p.detach().clone());
+  if (tp.boolean("fused_optimizer") && FusedAdam::applies(params_)) {
+    fused_ = std::make_unique<FusedAdam>(params_, tp, tp.string("optimizer") == "adamw", ema_decay_ > 0);
+    ema_ = fused_->ema_views;
+  } else {
+    optimizer_ = make_optimizer(tp, params_);
+    if (ema_decay_ > 0) {
+      torch::NoGradGuard no_grad;
+      for (const auto& p : params_) ema_.push_back(p.detach().clone());
+    }
   }
   model_.train();
 }
 
+Trainer::~Trainer() = default;
+
 torch::Tensor Trainer::step() {
-  optimizer_->param_groups()[0].options().set_lr(schedule_.at(step_));
+  const double lr = schedule_.at(step_);
+  if (optimizer_) optimizer_->param_groups()[0].options().set_lr(lr);
   const torch::Device device = c_.context.device;
 
   Batch target = c_.dataset->sample(batch_, gen_);
@@ -190,11 +347,20 @@ torch::Tensor Trainer::step() {
   double bad_value = total.item<double>();
   if (!std::isfinite(bad_value)) bad = "loss";
   std::vector<torch::Tensor> grads;
-  for (const auto& p : params_)
-    if (p.grad().defined()) grads.push_back(p.grad());
+  // The global gradient norm: one fused pass, or LibTorch's per-tensor norms.
+  auto gradient_norm = [&] {
+    if (fused_) {
+      fused_->gather_gradients();
+      return std::sqrt(fused_->grad_square_sum());
+    }
+    grads.clear();
+    for (const auto& p : params_)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    return grads.empty() ? 0.0 : torch::stack(at::_foreach_norm(grads)).norm().item<double>();
+  };
   double norm = 0.0;
-  if (bad.empty() && !grads.empty()) {
-    norm = torch::stack(at::_foreach_norm(grads)).norm().item<double>();
+  if (bad.empty()) {
+    norm = gradient_norm();
     if (!std::isfinite(norm)) bad = "gradient norm", bad_value = norm;
   }
   if (!bad.empty()) {
@@ -207,18 +373,23 @@ torch::Tensor Trainer::step() {
     return total;
   }
 
-  if (gradient_hook) gradient_hook(params_);
-  if (grad_clip_ > 0) {
-    // Clipping by the global norm, as torch.nn.utils.clip_grad_norm_ does (after the hook: the
-    // all-reduced gradient is the one clipped).
-    if (gradient_hook) norm = torch::stack(at::_foreach_norm(grads)).norm().item<double>();
-    if (norm > grad_clip_) at::_foreach_mul_(grads, grad_clip_ / (norm + 1e-6));
+  if (gradient_hook) {
+    gradient_hook(params_);
+    // The all-reduced gradient is the one clipped and applied.
+    norm = gradient_norm();
   }
+  // Clipping by the global norm, as torch.nn.utils.clip_grad_norm_ does.
+  const double scale = grad_clip_ > 0 && norm > grad_clip_ ? grad_clip_ / (norm + 1e-6) : 1.0;
+  const double ema_weight = ema_.empty() ? 0.0 : 1.0 - ema_decay_at(step_ - 1);
+  if (fused_) {
+    fused_->step(lr, scale, ema_weight);
+    return total;
+  }
+  if (scale != 1.0) at::_foreach_mul_(grads, scale);
   optimizer_->step();
   if (!ema_.empty()) {
     torch::NoGradGuard no_grad;
-    const double decay = ema_decay_at(step_ - 1);
-    for (std::size_t i = 0; i < params_.size(); ++i) ema_[i].lerp_(params_[i], 1.0 - decay);
+    for (std::size_t i = 0; i < params_.size(); ++i) ema_[i].lerp_(params_[i], ema_weight);
   }
   return total;
 }
@@ -266,7 +437,10 @@ void Trainer::save_state(torch::serialize::OutputArchive& archive) const {
   model_.save(model);
   archive.write("model", model);
   torch::serialize::OutputArchive optimizer;
-  optimizer_->save(optimizer);
+  if (fused_)
+    fused_->save(optimizer);
+  else
+    optimizer_->save(optimizer);
   archive.write("optimizer", optimizer);
   for (std::size_t i = 0; i < ema_.size(); ++i) archive.write("ema." + std::to_string(i), ema_[i]);
   archive.write("generator.train", gen_.get_state());
@@ -286,7 +460,10 @@ void Trainer::load_state(torch::serialize::InputArchive& archive) {
   model_.load(model);
   torch::serialize::InputArchive optimizer;
   archive.read("optimizer", optimizer);
-  optimizer_->load(optimizer);
+  if (fused_)
+    fused_->load(optimizer);
+  else
+    optimizer_->load(optimizer);
   torch::NoGradGuard no_grad;
   for (std::size_t i = 0; i < ema_.size(); ++i) {
     torch::Tensor value;

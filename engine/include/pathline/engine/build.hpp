@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,18 @@ PATHLINE_API void apply_thread_setting(const PipelineConfig& config);
 // Tells the C library to keep freed memory for reuse instead of returning it to the system after
 // every tensor (with glibc; nothing elsewhere). Process-wide; called once by the jobs.
 PATHLINE_API void keep_freed_memory();
+
+// OpenBLAS (the BLAS of Debian's LibTorch) picks its kernels from a table of processor models when
+// it loads; a processor newer than its table gets the generic SSE3 kernels ("Prescott"), about 5x
+// slower than the AVX-512 ones it can run (measured on a Xeon with AVX-512: 52 against 270 GFLOP/s
+// for a 2048 x 2048 product). Returns the kernel family to ask for (the value of
+// OPENBLAS_CORETYPE: "SKYLAKEX", "HASWELL" or "SANDYBRIDGE") when the loaded OpenBLAS chose kernels
+// for less than the processor supports; nullopt when its choice is right, the BLAS is not OpenBLAS,
+// or OPENBLAS_CORETYPE is already set. The variable only acts before the library loads: the
+// `pathline` command sets it and starts itself again (PATHLINE_BLAS_CHECK=0 turns this off).
+PATHLINE_API std::optional<std::string> blas_kernel_override();
+// The kernel family the loaded OpenBLAS uses ("SkylakeX", "Haswell", ...; "" for another BLAS).
+PATHLINE_API std::string blas_kernel_name();
 
 // "[1, 28, 28]"
 PATHLINE_API std::string shape_text(const std::vector<std::int64_t>& shape);

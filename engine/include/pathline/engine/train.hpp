@@ -50,9 +50,18 @@ PATHLINE_API const std::map<std::string, LossWeighting>& loss_weightings();
 // The training step. It owns everything a resumed run needs to continue exactly: the step count,
 // the optimizer, the EMA weights (kept apart from the raw ones), the training generator and the
 // data sets' own state.
+class FusedAdam;
+
 class PATHLINE_API Trainer {
  public:
   Trainer(const PipelineConfig& config, Components& components, std::uint64_t rank = 0);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // True when the update runs as one fused pass over every parameter ([train] fused_optimizer on
+  // float32 CPU weights); false: LibTorch's per-tensor optimizer.
+  bool fused() const { return fused_ != nullptr; }
 
   // One optimizer step on a fresh batch (in [train] accumulate micro-batches); returns the
   // (detached) loss. A NaN or infinite loss or gradient throws NonFiniteError before the update
@@ -83,7 +92,8 @@ class PATHLINE_API Trainer {
   Components& c_;
   Model& model_;
   std::vector<torch::Tensor> params_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;  // unless fused
+  std::unique_ptr<FusedAdam> fused_;
   std::vector<torch::Tensor> ema_;
   at::Generator gen_;
   LearningRateSchedule schedule_;

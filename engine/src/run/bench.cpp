@@ -1,0 +1,113 @@
+#include "pathline/engine/bench.hpp"
+
+#include <sys/resource.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "pathline/engine/sample.hpp"
+#include "pathline/engine/train.hpp"
+
+namespace pathline {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The process's peak resident memory so far, in MiB.
+double peak_mb() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+nlohmann::json common(const char* job) {
+  return {{"job", job}, {"threads", at::get_num_threads()}, {"blas", blas_kernel_name()}};
+}
+
+}  // namespace
+
+std::string bench_train(const PipelineConfig& config, const Registry& registry, const BenchOptions& options) {
+  apply_thread_setting(config);
+  Components c = build_components(config, registry);
+  Trainer trainer(config, c);
+  const Params& tp = config.table("train");
+  std::vector<double> losses;
+  for (std::int64_t k = 0; k < options.warmup; ++k) trainer.step();
+  const auto start = Clock::now();
+  for (std::int64_t k = 0; k < options.steps; ++k) losses.push_back(trainer.step().item<double>());
+  const double seconds = seconds_since(start);
+  const double steps_per_s = static_cast<double>(options.steps) / seconds;
+  const double samples_per_s = steps_per_s * static_cast<double>(tp.integer("batch_size"));
+  std::int64_t parameters = 0;
+  for (const auto& p : c.model->parameters()) parameters += p.numel();
+  const double macs = c.model->macs_per_sample();
+  auto mean_of_last = [&](std::size_t n) {
+    n = std::min(n, losses.size());
+    double sum = 0.0;
+    for (std::size_t i = losses.size() - n; i < losses.size(); ++i) sum += losses[i];
+    return n ? sum / static_cast<double>(n) : 0.0;
+  };
+  nlohmann::json out = common("train");
+  out.update({{"steps", options.steps},
+              {"seconds", seconds},
+              {"steps_per_s", steps_per_s},
+              {"samples_per_s", samples_per_s},
+              // A training step costs about three forward passes (forward, and backward's two products).
+              {"gflops", 3.0 * 2.0 * macs * samples_per_s / 1e9},
+              {"macs_per_sample", macs},
+              {"parameters", parameters},
+              {"batch_size", tp.integer("batch_size")},
+              {"precision", tp.string("precision")},
+              {"fused_optimizer", trainer.fused()},
+              {"first_loss", losses.empty() ? 0.0 : losses.front()},
+              {"last_loss", mean_of_last(20)},
+              {"peak_mb", peak_mb()}});
+  return out.dump();
+}
+
+std::string bench_sample(const PipelineConfig& config, const Registry& registry,
+                         const BenchOptions& options) {
+  apply_thread_setting(config);
+  Components c = build_components(config, registry);
+  c.model->eval();
+  SampleResult result;
+  for (std::int64_t k = 0; k < options.warmup; ++k) result = sample(config, c);
+  const auto start = Clock::now();
+  for (std::int64_t k = 0; k < options.repeats; ++k) result = sample(config, c);
+  const double seconds = seconds_since(start);
+  const std::int64_t n = config.table("sample").integer("n");
+  nlohmann::json out = common("sample");
+  out.update({{"repeats", options.repeats},
+              {"seconds", seconds},
+              {"samples_per_s", static_cast<double>(n * options.repeats) / seconds},
+              {"n", n},
+              {"nfe", result.nfe},
+              {"peak_mb", peak_mb()}});
+  return out.dump();
+}
+
+std::string bench_peak(std::int64_t size, int threads, const BenchOptions& options) {
+  at::set_num_threads(threads > 0 ? threads
+                                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  torch::NoGradGuard no_grad;
+  torch::Tensor a = torch::randn({size, size}), b = torch::randn({size, size}),
+                out = torch::empty({size, size});
+  for (std::int64_t k = 0; k < std::max<std::int64_t>(options.warmup, 1); ++k) at::mm_out(out, a, b);
+  double best = 0.0;
+  for (std::int64_t k = 0; k < std::max<std::int64_t>(options.repeats, 1); ++k) {
+    const auto start = Clock::now();
+    at::mm_out(out, a, b);
+    best = std::max(best, 2.0 * std::pow(static_cast<double>(size), 3) / seconds_since(start) / 1e9);
+  }
+  nlohmann::json result = common("peak");
+  result.update({{"gflops", best}, {"size", size}});
+  return result.dump();
+}
+
+}  // namespace pathline
