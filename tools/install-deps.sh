@@ -11,6 +11,7 @@ packages=(
   python3-numpy clang-format
   libstb-dev libcairo2-dev fonts-dejavu-core nlohmann-json3-dev
   zlib1g-dev dataset-fashion-mnist
+  libgloo-dev python3-torch
 )
 
 missing=()

@@ -24,7 +24,12 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 
 void apply_thread_setting(const PipelineConfig& config) {
   std::int64_t threads = config.table("run").integer("threads");
-  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (threads <= 0) {
+    // Data parallel: the ranks on this machine share its cores.
+    int local = 1;
+    if (const char* text = std::getenv("LOCAL_WORLD_SIZE")) local = std::max(1, std::atoi(text));
+    threads = std::max<std::int64_t>(1, std::thread::hardware_concurrency() / local);
+  }
   at::set_num_threads(static_cast<int>(threads));
   keep_freed_memory();
 }

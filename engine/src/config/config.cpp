@@ -79,7 +79,14 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
         ParamSpec::integer("seed", 0, "seed of every random draw (data, noise, times, initialisation)")
             .at_least(0),
         ParamSpec::choice("device", {"cpu", "cuda"}, "cpu", "where tensors live"),
-        ParamSpec::integer("threads", 0, "intra-op threads; 0 uses every core of the machine").at_least(0)}},
+        ParamSpec::integer("threads", 0,
+                           "intra-op threads; 0 uses every core of the machine (shared among the ranks a "
+                           "data-parallel run starts on it)")
+            .at_least(0),
+        ParamSpec::real("timeout", 300.0,
+                        "data parallel: seconds to wait for the other ranks (to meet, and in each "
+                        "all-reduce) before stopping with an error")
+            .greater_than(0)}},
       {"train",
        {ParamSpec::integer("steps", 2000, "optimizer steps").at_least(0),
         ParamSpec::integer("batch_size", 1024, "samples per step").at_least(1),

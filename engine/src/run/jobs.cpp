@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pathline/engine/checkpoint.hpp"
+#include "pathline/engine/distributed.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
 #include "pathline/engine/run.hpp"
@@ -357,10 +358,38 @@ void finish_run(const PipelineConfig& config, Components& c, const fs::path& dir
 
 }  // namespace
 
+namespace {
+
+// Data parallel, when the environment says this process is one rank of several (torchrun's
+// variables, or `pathline launch`): the group, formed within [run] timeout.
+std::unique_ptr<DataParallel> join_ranks(const PipelineConfig& config, const Logger& log) {
+  const WorldInfo world = world_from_environment();
+  if (!world.distributed()) return nullptr;
+  const auto timeout =
+      std::chrono::milliseconds(static_cast<std::int64_t>(1000.0 * config.table("run").real("timeout")));
+  auto group =
+      std::make_unique<DataParallel>(world, timeout, torch::Device(config.table("run").string("device")));
+  if (log && world.rank == 0)
+    log(fmt::format("data parallel: {} ranks ({} on this machine) through {}:{}", world.world_size,
+                    world.local_world_size, world.master_addr, world.master_port));
+  return group;
+}
+
+}  // namespace
+
 fs::path run_job(const PipelineConfig& config, const Registry& registry, const JobOptions& options,
                  const Logger& log) {
   apply_thread_setting(config);
+  std::unique_ptr<DataParallel> group = join_ranks(config, log);
   Components c = build_components(config, registry);
+  if (group && group->world().rank != 0) {
+    // Every rank but 0 trains its share and leaves the files, the sampling and the metrics to rank 0.
+    TrainOptions rank_options;
+    rank_options.handle_signals = options.handle_signals;
+    rank_options.data_parallel = group.get();
+    train(config, c, {}, Logger(), rank_options);
+    return {};
+  }
   fs::path dir = create_run_dir(config, options.run_dir, options.overwrite);
   if (log) log("run directory: " + dir.string());
   if (log) log(describe_model(config, c));
@@ -369,6 +398,7 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   TrainOptions train_options;
   train_options.live = live_progress();
   train_options.handle_signals = options.handle_signals;
+  train_options.data_parallel = group.get();
   TrainResult trained = train(config, c, dir, log, train_options);
   finish_run(config, c, dir, trained, options.do_sample, log);
   return dir;
@@ -382,10 +412,18 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
   config_options.overrides = options.overrides;
   PipelineConfig config = load_config(run_dir / "config.toml", registry, config_options);
   const Params& tp = config.table("train");
+  apply_thread_setting(config);
+  std::unique_ptr<DataParallel> group = join_ranks(config, log);
+  const bool rank_zero = !group || group->world().rank == 0;
+  // Data parallel: rank 0 checks the checkpoints (and renames corrupt ones) first; the others then
+  // read the one it chose, from the same folder.
   CheckpointStore store(run_dir, tp.integer("keep_checkpoints"));
-  store.remove_temporaries();
-  std::optional<Checkpoint> checkpoint = store.latest_good(log);
-  if (checkpoint) {
+  if (rank_zero) store.remove_temporaries();
+  std::optional<Checkpoint> checkpoint;
+  if (rank_zero) checkpoint = store.latest_good(log);
+  if (group) group->barrier();
+  if (!rank_zero) checkpoint = store.latest_good(Logger());
+  if (checkpoint && rank_zero) {
     std::vector<std::string> changed =
         changed_keys(checkpoint_training_keys(*checkpoint), training_keys(config));
     if (!changed.empty()) {
@@ -397,7 +435,7 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
                       "and logging keys may change (start a new run to train differently)",
                       run_dir.string(), checkpoint->file.filename().string(), list));
     }
-  } else if (log) {
+  } else if (log && rank_zero) {
     log(fmt::format("resume: no checkpoint in {}; training from step 0", store.folder().string()));
   }
   // The command the run was started with decides how it ends.
@@ -410,13 +448,20 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
     }
   }
   if (checkpoint && checkpoint->step >= tp.integer("steps") && fs::exists(run_dir / "summary.json", ec)) {
-    if (log)
+    if (log && rank_zero)
       log(fmt::format("resume: {} is complete ({} steps trained); nothing to do", run_dir.string(),
                       checkpoint->step));
-    return run_dir;
+    return rank_zero ? run_dir : fs::path();
   }
-  apply_thread_setting(config);
   Components c = build_components(config, registry);
+  if (!rank_zero) {
+    TrainOptions rank_options;
+    rank_options.resume_from = checkpoint ? &*checkpoint : nullptr;
+    rank_options.handle_signals = options.handle_signals;
+    rank_options.data_parallel = group.get();
+    train(config, c, {}, Logger(), rank_options);
+    return {};
+  }
   if (log) log("run directory: " + run_dir.string());
   if (log) log(describe_model(config, c));
   write_file_atomic(run_dir / "config.toml", config.to_toml());
@@ -424,6 +469,7 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
   train_options.resume_from = checkpoint ? &*checkpoint : nullptr;
   train_options.live = live_progress();
   train_options.handle_signals = options.handle_signals;
+  train_options.data_parallel = group.get();
   TrainResult trained = train(config, c, run_dir, log, train_options);
   finish_run(config, c, run_dir, trained, do_sample, log);
   return run_dir;

@@ -14,6 +14,7 @@
 #include "../precision.hpp"
 #include "fused_kernels.hpp"
 #include "pathline/engine/checkpoint.hpp"
+#include "pathline/engine/distributed.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
 
@@ -263,6 +264,8 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
       skip_nonfinite_(config.table("train").string("on_nonfinite") == "skip"),
       fault_step_(fault_step()) {
   const Params& tp = config.table("train");
+  local_batch_ = batch_;
+  seed_ = static_cast<std::uint64_t>(config.table("run").integer("seed"));
   std::string weighting = tp.string("loss_weighting");
   if (weighting == "auto")
     weighting = components.parameterization->predicts() == Quantity::score ? "sigma_squared" : "none";
@@ -289,34 +292,121 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
 
 Trainer::~Trainer() = default;
 
-torch::Tensor Trainer::step() {
-  const double lr = schedule_.at(step_);
-  if (optimizer_) optimizer_->param_groups()[0].options().set_lr(lr);
+std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> Trainer::draw(at::Generator& gen, std::int64_t n) {
   const torch::Device device = c_.context.device;
-
-  Batch target = c_.dataset->sample(batch_, gen_);
-  Batch source = c_.source->sample(batch_, gen_);
+  Batch target = c_.dataset->sample(n, gen);
+  Batch source = c_.source->sample(n, gen);
   target.x = target.x.to(device);
   source.x = source.x.to(device);
-  std::tie(source, target) = c_.coupling->couple(std::move(source), std::move(target), gen_);
-  torch::Tensor t = c_.time_sampler->sample(batch_, gen_).to(device);
-
+  std::tie(source, target) = c_.coupling->couple(std::move(source), std::move(target), gen);
+  torch::Tensor t = c_.time_sampler->sample(n, gen).to(device);
   // Label dropout: the model also learns the unconditional field, which guidance needs.
   torch::Tensor labels;
   if (target.labels.defined()) {
     labels = target.labels.to(device, torch::kInt64);
     if (label_dropout_ > 0) {
-      torch::Tensor drop = torch::rand({batch_}, gen_) < label_dropout_;
+      torch::Tensor drop = torch::rand({n}, gen) < label_dropout_;
       labels = labels.masked_fill(drop.to(device), kNullLabel);
     }
   }
+  return {std::move(source), std::move(target), std::move(t), std::move(labels)};
+}
+
+torch::Tensor Trainer::average_over_ranks(const torch::Tensor& loss) {
+  // The gradients, the loss and the stop flag in one flat buffer, averaged in one all-reduce.
+  torch::NoGradGuard no_grad;
+  std::int64_t offset = 0;
+  for (const auto& p : params_) {
+    torch::Tensor slot = dp_flat_.narrow(0, offset, p.numel());
+    if (p.grad().defined())
+      slot.copy_(p.grad().reshape({-1}));
+    else
+      slot.zero_();
+    offset += p.numel();
+  }
+  dp_flat_[offset] = loss.to(torch::kFloat32);
+  dp_flat_[offset + 1] = stop_requested_ ? 1.0f : 0.0f;
+  dp_->average(dp_flat_);
+  offset = 0;
+  for (auto& p : params_) {
+    torch::Tensor slot = dp_flat_.narrow(0, offset, p.numel()).view(p.sizes());
+    if (p.grad().defined())
+      p.mutable_grad().copy_(slot);
+    else
+      p.mutable_grad() = slot.clone();
+    offset += p.numel();
+  }
+  stop_agreed_ = dp_flat_[offset + 1].item<float>() > 0.0f;
+  return dp_flat_[offset].to(loss.scalar_type()).clone();
+}
+
+void Trainer::attach(DataParallel& group) {
+  dp_ = &group;
+  const std::int64_t world = group.world().world_size, rank = group.world().rank;
+  local_batch_ = batch_ / world + (rank < batch_ % world ? 1 : 0);
+  if (local_batch_ < 1)
+    throw InputError(fmt::format("train.batch_size = {} is fewer samples than the {} ranks", batch_, world));
+  if (accumulate_ > local_batch_)
+    throw InputError(
+        fmt::format("train.accumulate = {} is more micro-batches than this rank's {} of "
+                    "train.batch_size = {} samples",
+                    accumulate_, local_batch_, batch_));
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> values;
+  std::int64_t total = 0;
+  for (const auto& p : params_) values.push_back(p.detach()), total += p.numel();
+  group.broadcast(values);  // every rank starts from rank 0's initial weights
+  for (std::size_t i = 0; i < ema_.size(); ++i) ema_[i].copy_(params_[i]);
+  dp_flat_ = torch::zeros({total + 2}, torch::TensorOptions().device(c_.context.device));
+}
+
+void Trainer::simulate_ranks(int ranks) {
+  rank_gens_.clear();
+  if (ranks <= 1) return;
+  for (int r = 0; r < ranks; ++r)
+    rank_gens_.push_back(make_generator(seed_, Stream::train, static_cast<std::uint64_t>(r)));
+}
+
+void Trainer::gather_rank_states() {
+  if (!dp_) return;
+  rank_states_.clear();
+  rank_states_["generator.train"] = dp_->all_gather(gen_.get_state());
+  rank_states_["generator.global"] = dp_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+  for (const auto& [name, tensor] : c_.dataset->state())
+    rank_states_["dataset." + name] = dp_->all_gather(tensor);
+  for (const auto& [name, tensor] : c_.source->state())
+    rank_states_["source." + name] = dp_->all_gather(tensor);
+}
+
+torch::Tensor Trainer::step() {
+  const double lr = schedule_.at(step_);
+  if (optimizer_) optimizer_->param_groups()[0].options().set_lr(lr);
+  const torch::Device device = c_.context.device;
+
+  Batch source, target;
+  torch::Tensor t, labels;
+  if (rank_gens_.empty()) {
+    std::tie(source, target, t, labels) = draw(gen_, local_batch_);
+  } else {
+    // Every simulated rank's share from its own stream, then one batch.
+    std::vector<torch::Tensor> x0s, x1s, ts, ls;
+    const auto ranks = static_cast<std::int64_t>(rank_gens_.size());
+    for (std::int64_t r = 0; r < ranks; ++r) {
+      auto [s_r, t_r, time_r, l_r] = draw(rank_gens_[r], batch_ / ranks + (r < batch_ % ranks ? 1 : 0));
+      x0s.push_back(s_r.x), x1s.push_back(t_r.x), ts.push_back(time_r);
+      if (l_r.defined()) ls.push_back(l_r);
+    }
+    source.x = torch::cat(x0s), target.x = torch::cat(x1s), t = torch::cat(ts);
+    if (!ls.empty()) labels = torch::cat(ls);
+  }
+  const std::int64_t batch = t.size(0);
 
   for (auto& p : params_) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
   // The whole batch is drawn at once (so that couplings see all of it and the draws do not depend
   // on `accumulate`); the model sees it in `accumulate` micro-batches whose gradients add up.
   torch::Tensor total;
   for (std::int64_t k = 0, begin = 0; k < accumulate_; ++k) {
-    const std::int64_t size = batch_ / accumulate_ + (k < batch_ % accumulate_ ? 1 : 0);
+    const std::int64_t size = batch / accumulate_ + (k < batch % accumulate_ ? 1 : 0);
     auto part = [&](const torch::Tensor& x) { return accumulate_ == 1 ? x : x.narrow(0, begin, size); };
     torch::Tensor t_k = part(t), x0 = part(source.x), x1 = part(target.x);
     begin += size;
@@ -334,13 +424,19 @@ torch::Tensor Trainer::step() {
     torch::Tensor weight = weighting_(coef, t_k);
     torch::Tensor loss =
         weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
-    if (accumulate_ > 1) loss = loss * (static_cast<double>(size) / static_cast<double>(batch_));
+    // The share of the (global) batch these samples are: the mean over ranks of the ranks' losses is
+    // then the mean over the whole batch, also when the shares differ by one.
+    const double share =
+        static_cast<double>(size) / static_cast<double>(batch) *
+        (dp_ ? static_cast<double>(batch * dp_->world().world_size) / static_cast<double>(batch_) : 1.0);
+    if (share != 1.0) loss = loss * share;
     loss.backward();
     total = total.defined() ? total + loss.detach() : loss.detach();
   }
   if (fault_step_ == step_ + 1) std::raise(SIGKILL);
   ++step_;
   last_skipped_ = false;
+  if (dp_) total = average_over_ranks(total);
 
   // A NaN or infinite loss or gradient: stop before the update spoils the weights, or drop the batch.
   std::string bad;
@@ -447,6 +543,14 @@ void Trainer::save_state(torch::serialize::OutputArchive& archive) const {
   archive.write("generator.global", at::detail::getDefaultCPUGenerator().get_state());
   write_state(archive, "dataset", c_.dataset->state());
   write_state(archive, "source", c_.source->state());
+  if (!rank_states_.empty()) {
+    // Data parallel: every rank's streams (gathered by gather_rank_states), under rank<r>.<key>.
+    const std::size_t world = rank_states_.begin()->second.size();
+    archive.write("world_size", torch::tensor(static_cast<std::int64_t>(world), torch::kInt64));
+    for (const auto& [key, tensors] : rank_states_)
+      for (std::size_t r = 0; r < tensors.size(); ++r)
+        archive.write(fmt::format("rank{}.{}", r, key), tensors[r]);
+  }
 }
 
 void Trainer::load_state(torch::serialize::InputArchive& archive) {
@@ -478,6 +582,36 @@ void Trainer::load_state(torch::serialize::InputArchive& archive) {
   global.set_state(state);
   c_.dataset->set_state(read_state(archive, "dataset"));
   c_.source->set_state(read_state(archive, "source"));
+
+  // The ranks' own streams: from the checkpoint when it was written by as many ranks; otherwise the
+  // weights, optimizer, EMA and schedule continue and every rank's stream starts afresh.
+  const std::int64_t world = dp_ ? dp_->world().world_size : 1;
+  torch::Tensor saved;
+  const std::int64_t saved_world = archive.try_read("world_size", saved) ? saved.item<std::int64_t>() : 1;
+  world_mismatch_ = 0;
+  if (saved_world != world) {
+    world_mismatch_ = saved_world;
+    gen_ = make_generator(seed_ + 7919 * static_cast<std::uint64_t>(step_), Stream::train,
+                          dp_ ? static_cast<std::uint64_t>(dp_->world().rank) : 0);
+  } else if (dp_ && world > 1) {
+    const std::string own = fmt::format("rank{}.", dp_->world().rank);
+    torch::Tensor value;
+    if (archive.try_read(own + "generator.train", value)) gen_.set_state(value);
+    torch::Tensor global_state;
+    if (archive.try_read(own + "generator.global", global_state)) {
+      at::Generator global = at::detail::getDefaultCPUGenerator();
+      global.set_state(global_state);
+    }
+    for (auto [prefix, dataset] :
+         {std::pair<std::string, Dataset*>{"dataset.", c_.dataset.get()}, {"source.", c_.source.get()}}) {
+      Dataset::State ranked = dataset->state();
+      for (auto& [name, tensor] : ranked) {
+        torch::Tensor mine;
+        if (archive.try_read(own + prefix + name, mine)) tensor = mine;
+      }
+      dataset->set_state(ranked);
+    }
+  }
 }
 
 namespace {
@@ -633,7 +767,9 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   const std::int64_t log_every = tp.integer("log_every"), checkpoint_every = tp.integer("checkpoint_every");
   const std::int64_t progress_every =
       tp.integer("progress_every") > 0 ? tp.integer("progress_every") : 5 * log_every;
-  Trainer trainer(config, c);
+  DataParallel* dp = options.data_parallel;
+  Trainer trainer(config, c, dp ? static_cast<std::uint64_t>(dp->world().rank) : 0);
+  if (dp) trainer.attach(*dp);
   const LearningRateSchedule schedule(tp);
   const auto keys = training_keys(config);
   const bool saving = !run_dir.empty();
@@ -646,6 +782,12 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
     if (log)
       log(fmt::format("resume: continuing from step {} of {} ({})", trainer.steps_done(), steps,
                       options.resume_from->file.string()));
+    if (log && trainer.resumed_world_size_mismatch() > 0)
+      log(fmt::format(
+          "resume: the checkpoint was written by {} rank(s), this run has {}: the weights, optimizer, "
+          "EMA and schedule continue; each rank's data stream starts afresh (not an exact "
+          "continuation)",
+          trainer.resumed_world_size_mismatch(), dp ? dp->world().world_size : 1));
   }
   std::ofstream csv;
   if (saving) {
@@ -656,6 +798,7 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   std::filesystem::path last_checkpoint =
       options.resume_from ? options.resume_from->file : std::filesystem::path();
   auto save_checkpoint = [&] {
+    if (dp) trainer.gather_rank_states();  // collective: every rank, the same steps
     if (!saving) return;
     last_checkpoint = store.save(trainer.steps_done(), checkpoint_payload(trainer, loop, keys));
   };
@@ -667,6 +810,7 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   double smoothed = 0.0, smoothing_weight = 0.0;
   for (std::int64_t step = first; step < steps; ++step) {
     double value = 0.0;
+    trainer.request_stop(g_stop_signal != 0);
     try {
       value = trainer.step().item<double>();
     } catch (const NonFiniteError& e) {
@@ -719,19 +863,27 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
                       loss_text, schedule.at(step), rate, loop.elapsed + elapsed, eta));
     }
     const bool due = (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0) || step + 1 == steps;
-    if (due || g_stop_signal != 0) {
+    // Data parallel: the ranks stop together, after the step in which any of them was signalled.
+    const bool stop = options.handle_signals && (dp ? trainer.stop_agreed() : g_stop_signal != 0);
+    if (due || stop) {
       loop.elapsed += elapsed;
       const double offset = elapsed;
       save_checkpoint();
       loop.elapsed -= offset;  // elapsed keeps counting from `start`
     }
-    if (options.handle_signals && g_stop_signal != 0) {
-      const int signal = g_stop_signal;
-      throw Interrupted(signal,
-                        fmt::format("interrupted by {} after step {} of {}; checkpoint {}; continue with: "
-                                    "pathline resume {}",
-                                    signal == SIGINT ? "SIGINT" : "SIGTERM", step + 1, steps,
-                                    last_checkpoint.string(), run_dir.string()));
+    if (stop) {
+      const int signal = g_stop_signal != 0 ? static_cast<int>(g_stop_signal) : SIGTERM;
+      if (!saving)
+        throw Interrupted(signal, fmt::format("rank {} stopped after step {} of {} with the other ranks",
+                                              dp ? dp->world().rank : 0, step + 1, steps));
+      throw Interrupted(
+          signal,
+          fmt::format("interrupted by {} after step {} of {}; checkpoint {}; continue with: "
+                      "pathline {}resume {}",
+                      signal == SIGINT ? "SIGINT" : "SIGTERM", step + 1, steps, last_checkpoint.string(),
+                      dp ? fmt::format("launch --nproc-per-node {} -- ", dp->world().local_world_size)
+                         : std::string(),
+                      run_dir.string()));
     }
   }
   const double seconds = seconds_since(start);
@@ -746,6 +898,10 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   // A training step costs about three forward passes (forward, and backward's two products).
   if (double macs = c.model->macs_per_sample(); macs > 0)
     result.gflops = 3.0 * 2.0 * macs * result.samples_per_second / 1e9;
+  if (log && dp && done > 0)
+    log(fmt::format("train: data parallel over {} ranks, batch {} per rank; all-reduce {:.2f} ms per step",
+                    dp->world().world_size, tp.integer("batch_size") / dp->world().world_size,
+                    1e3 * dp->seconds() / static_cast<double>(done)));
   if (log && done > 0)
     log(fmt::format(
         "train: {} steps in {:.1f}s, {:.1f} samples/s{}{}", done, result.seconds, result.samples_per_second,

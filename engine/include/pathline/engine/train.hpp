@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "pathline/engine/build.hpp"
@@ -51,6 +52,7 @@ PATHLINE_API const std::map<std::string, LossWeighting>& loss_weightings();
 // the optimizer, the EMA weights (kept apart from the raw ones), the training generator and the
 // data sets' own state.
 class FusedAdam;
+class DataParallel;
 
 class PATHLINE_API Trainer {
  public:
@@ -62,6 +64,27 @@ class PATHLINE_API Trainer {
   // True when the update runs as one fused pass over every parameter ([train] fused_optimizer on
   // float32 CPU weights); false: LibTorch's per-tensor optimizer.
   bool fused() const { return fused_ != nullptr; }
+
+  // Data parallel: this trainer becomes one rank of `group` (which must outlive it). Its share of
+  // [train] batch_size is batch_size / world (one more on the first batch_size % world ranks),
+  // drawn from its own stream (seed and rank); the parameters start as rank 0's; every step's
+  // gradients and loss are averaged over the ranks before the non-finite check and the update, so
+  // every rank makes the same update. InputError when the batch has fewer samples than ranks.
+  void attach(DataParallel& group);
+  // Reproduces in this one process what `ranks` data-parallel ranks compute: each step draws every
+  // rank's share from that rank's stream (coupled within the share, as each rank couples its own)
+  // and trains on all of them as one batch. For checking a distributed run against one process.
+  void simulate_ranks(int ranks);
+  // Data parallel: ask to stop after this step (a signal arrived); the ranks agree through the
+  // step's all-reduce, and stop_agreed() tells whether any of them asked.
+  void request_stop(bool stop) { stop_requested_ = stop; }
+  bool stop_agreed() const { return stop_agreed_; }
+  // Data parallel: gathers every rank's generators and data-set state, which rank 0's next
+  // save_state() writes beside its own (collective: every rank calls it before a checkpoint).
+  void gather_rank_states();
+  // Set by load_state: the checkpoint came from another number of ranks (the weights, optimizer,
+  // EMA and schedule continue; the ranks' data streams start afresh). 0 when it fits.
+  std::int64_t resumed_world_size_mismatch() const { return world_mismatch_; }
 
   // One optimizer step on a fresh batch (in [train] accumulate micro-batches); returns the
   // (detached) loss. A NaN or infinite loss or gradient throws NonFiniteError before the update
@@ -89,11 +112,24 @@ class PATHLINE_API Trainer {
   void load_state(torch::serialize::InputArchive& archive);
 
  private:
+  // One rank's share: source and target (coupled), times, labels after dropout (or undefined).
+  std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> draw(at::Generator& gen, std::int64_t n);
+  // Averages the gradients over the ranks in place; returns the mean loss; sets stop_agreed_.
+  torch::Tensor average_over_ranks(const torch::Tensor& loss);
+
   Components& c_;
   Model& model_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;  // unless fused
   std::unique_ptr<FusedAdam> fused_;
+  DataParallel* dp_ = nullptr;
+  std::vector<at::Generator> rank_gens_;  // simulate_ranks: one stream per simulated rank
+  std::int64_t local_batch_ = 0;          // this rank's share of batch_ (batch_ without ranks)
+  torch::Tensor dp_flat_;                 // gradients, loss and stop flag, all-reduced together
+  bool stop_requested_ = false, stop_agreed_ = false;
+  std::map<std::string, std::vector<torch::Tensor>> rank_states_;  // gather_rank_states()
+  std::int64_t world_mismatch_ = 0;
+  std::uint64_t seed_ = 0;
   std::vector<torch::Tensor> ema_;
   at::Generator gen_;
   LearningRateSchedule schedule_;
@@ -131,6 +167,9 @@ struct TrainOptions {
   Logger live;
   // Handle SIGINT and SIGTERM: finish the step, write a checkpoint, throw Interrupted.
   bool handle_signals = false;
+  // Data parallel: this process is one rank of the group (run_dir empty on all ranks but 0, which
+  // alone writes checkpoints and metrics).
+  DataParallel* data_parallel = nullptr;
 };
 
 // Trains components.model in place, leaving in it the weights sampling uses (the EMA weights when

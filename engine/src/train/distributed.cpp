@@ -1,0 +1,224 @@
+#include "pathline/engine/distributed.hpp"
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <thread>
+
+#if defined(PATHLINE_HAVE_GLOO)
+#define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+#if defined(PATHLINE_HAVE_NCCL)
+#define USE_C10D_NCCL 1
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace pathline {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// An integer environment variable: `fallback` when unset; InputError naming it when malformed.
+int integer_variable(const char* name, int fallback, int lowest) {
+  const char* text = std::getenv(name);
+  if (!text || !*text) return fallback;
+  errno = 0;
+  char* end = nullptr;
+  const long value = std::strtol(text, &end, 10);
+  if (errno != 0 || *end != '\0' || value < lowest || value > 1 << 20)
+    throw InputError(
+        fmt::format("environment variable {}='{}': expected an integer of at least {}", name, text, lowest));
+  return static_cast<int>(value);
+}
+
+// The first line of an exception's message.
+std::string first_line(const std::exception& e) {
+  std::string what = e.what();
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) what = c10->what_without_backtrace();
+  return what.substr(0, what.find('\n'));
+}
+
+}  // namespace
+
+WorldInfo world_from_environment() {
+  WorldInfo w;
+  w.world_size = integer_variable("WORLD_SIZE", 1, 1);
+  w.rank = integer_variable("RANK", 0, 0);
+  w.local_world_size = integer_variable("LOCAL_WORLD_SIZE", w.world_size, 1);
+  w.local_rank = integer_variable("LOCAL_RANK", w.rank % w.local_world_size, 0);
+  w.master_port = integer_variable("MASTER_PORT", 29500, 1);
+  if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) w.master_addr = addr;
+  if (w.rank >= w.world_size)
+    throw InputError(
+        fmt::format("environment variable RANK={} is not below WORLD_SIZE={}", w.rank, w.world_size));
+  if (w.local_rank >= w.local_world_size)
+    throw InputError(fmt::format("environment variable LOCAL_RANK={} is not below LOCAL_WORLD_SIZE={}",
+                                 w.local_rank, w.local_world_size));
+  if (w.local_world_size > w.world_size)
+    throw InputError(fmt::format("environment variable LOCAL_WORLD_SIZE={} is more than WORLD_SIZE={}",
+                                 w.local_world_size, w.world_size));
+  if (w.master_port > 65535)
+    throw InputError(fmt::format("environment variable MASTER_PORT={}: not a TCP port", w.master_port));
+  return w;
+}
+
+bool distributed_available() {
+#if defined(PATHLINE_HAVE_GLOO)
+  return true;
+#else
+  return false;
+#endif
+}
+
+#if defined(PATHLINE_HAVE_GLOO)
+
+struct DataParallel::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroup> group;
+};
+
+DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds timeout,
+                           const torch::Device& device)
+    : world_(world), timeout_(timeout), impl_(std::make_unique<Impl>()) {
+  const std::string where = fmt::format("{}:{}", world.master_addr, world.master_port);
+  try {
+    c10d::TCPStoreOptions options;
+    options.port = static_cast<std::uint16_t>(world.master_port);
+    options.isServer = world.rank == 0;
+    options.numWorkers = static_cast<std::size_t>(world.world_size);
+    options.waitWorkers = true;
+    options.timeout = timeout;
+    impl_->store = c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("rank {}: cannot meet the other ranks through the store at {} within {} s: {}",
+                            world.rank, where, timeout.count() / 1000, first_line(e)));
+  }
+  try {
+    if (device.is_cuda()) {
+#if defined(PATHLINE_HAVE_NCCL)
+      auto options = c10d::ProcessGroupNCCL::Options::create();
+      options->timeout = timeout;
+      impl_->group =
+          c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, world.rank, world.world_size, options);
+#else
+      throw Error(
+          "this build has no NCCL backend for CUDA tensors (configure with -DPATHLINE_NCCL=ON against a "
+          "CUDA LibTorch)");
+#endif
+    } else {
+      auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+      options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+          world.master_addr == "localhost" ? std::string("127.0.0.1") : world.master_addr));
+      impl_->group =
+          c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, world.rank, world.world_size, options);
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("rank {}: cannot form the process group of {} ranks through {}: {}", world.rank,
+                            world.world_size, where, first_line(e)));
+  }
+}
+
+DataParallel::~DataParallel() = default;
+
+void DataParallel::finish(const std::function<void()>& wait, const char* what) {
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("rank {}: data-parallel {} failed: {}; {} ([run] timeout = {} s)", world_.rank,
+                            what, first_line(e), missing_ranks(), timeout_.count() / 1000));
+  }
+}
+
+std::string DataParallel::missing_ranks() {
+  // The ranks still running see their collective fail at about the same moment: each says so in the
+  // store, waits a little, and names the ranks that did not (they died, or hang elsewhere).
+  try {
+    impl_->store->add(fmt::format("pathline/failed/{}", world_.rank), 1);
+    std::vector<int> missing;
+    const auto deadline = Clock::now() + std::chrono::milliseconds(2500);
+    do {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      missing.clear();
+      for (int r = 0; r < world_.world_size; ++r)
+        if (!impl_->store->check({fmt::format("pathline/failed/{}", r)})) missing.push_back(r);
+    } while (!missing.empty() && Clock::now() < deadline);
+    if (missing.empty()) return "every rank reported the failure";
+    std::string list;
+    for (int r : missing) list += (list.empty() ? "" : ", ") + std::to_string(r);
+    return fmt::format("rank{} {} stopped, hang{} or cannot be reached", missing.size() > 1 ? "s" : "", list,
+                       missing.size() > 1 ? "" : "s");
+  } catch (const std::exception&) {
+    return world_.rank == 0 ? "another rank stopped, hangs or cannot be reached"
+                            : "rank 0 (which holds the rendezvous store) stopped or cannot be reached";
+  }
+}
+
+void DataParallel::broadcast(const std::vector<torch::Tensor>& tensors) {
+  const auto start = Clock::now();
+  for (const auto& t : tensors) {
+    std::vector<torch::Tensor> one = {t};
+    auto work = impl_->group->broadcast(one);
+    finish([&] { work->wait(timeout_); }, "broadcast");
+  }
+  seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void DataParallel::average(torch::Tensor& flat, std::int64_t bucket_bytes) {
+  const auto start = Clock::now();
+  const std::int64_t bucket =
+      std::max<std::int64_t>(1, bucket_bytes / static_cast<std::int64_t>(flat.element_size()));
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::vector<std::vector<torch::Tensor>> parts;
+  parts.reserve(static_cast<std::size_t>((flat.numel() + bucket - 1) / bucket));
+  for (std::int64_t begin = 0; begin < flat.numel(); begin += bucket) {
+    parts.push_back({flat.narrow(0, begin, std::min(bucket, flat.numel() - begin))});
+    works.push_back(impl_->group->allreduce(parts.back()));
+  }
+  for (const auto& work : works) finish([&] { work->wait(timeout_); }, "all-reduce");
+  flat.div_(static_cast<double>(world_.world_size));
+  seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) {
+  const auto start = Clock::now();
+  std::vector<std::vector<torch::Tensor>> outputs(1);
+  for (int r = 0; r < world_.world_size; ++r) outputs[0].push_back(torch::empty_like(tensor));
+  std::vector<torch::Tensor> inputs = {tensor.contiguous()};
+  auto work = impl_->group->allgather(outputs, inputs);
+  finish([&] { work->wait(timeout_); }, "all-gather");
+  seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+  return outputs[0];
+}
+
+void DataParallel::barrier() {
+  auto work = impl_->group->barrier();
+  finish([&] { work->wait(timeout_); }, "barrier");
+}
+
+#else
+
+struct DataParallel::Impl {};
+
+DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds timeout, const torch::Device&)
+    : world_(world), timeout_(timeout) {
+  throw Error(
+      "this build of Pathline cannot train across processes: it was built without c10d's Gloo backend "
+      "(install libgloo-dev and rebuild)");
+}
+DataParallel::~DataParallel() = default;
+void DataParallel::broadcast(const std::vector<torch::Tensor>&) {}
+void DataParallel::average(torch::Tensor&, std::int64_t) {}
+std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) { return {tensor}; }
+void DataParallel::barrier() {}
+void DataParallel::finish(const std::function<void()>& wait, const char*) { wait(); }
+std::string DataParallel::missing_ranks() { return ""; }
+
+#endif
+
+}  // namespace pathline
