@@ -27,7 +27,7 @@ def train(cmd):
     log = proc.stderr
     steps, seconds = re.search(r"train: (\d+) steps in ([0-9.]+)s", log).groups()
     params = int(re.search(r"model: \w+, (\d+) parameters", log).group(1))
-    reduce = re.search(r"all-reduce ([0-9.]+) ms per step", log)
+    reduce = re.search(r"all-reduce ([0-9.]+) ms per step", log)  # the part not hidden behind backward
     return {"steps_per_s": int(steps) / float(seconds), "parameters": params,
             "allreduce_ms": float(reduce.group(1)) if reduce else 0.0}
 
@@ -58,7 +58,7 @@ def main():
 
     lines = [f"Measured on this machine ({cores} cores): one process on every core against 2 ranks on the same "
              "cores (`pathline launch --nproc-per-node 2`), the same global batch.", "",
-             "| model | parameters | gradient per step | 1 process | 2 ranks | all-reduce per step |",
+             "| model | parameters | gradient per step | 1 process | 2 ranks | all-reduce wait per step |",
              "|---|---|---|---|---|---|"]
     for name, one, two in rows:
         lines.append(f"| {name} | {one['parameters'] / 1e6:.2f} M | {4 * one['parameters'] / 2**20:.1f} MiB | "

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <deque>
 #include <thread>
 
 #if defined(PATHLINE_HAVE_GLOO)
@@ -79,6 +80,8 @@ bool distributed_available() {
 struct DataParallel::Impl {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroup> group;
+  std::vector<c10::intrusive_ptr<c10d::Work>> pending;     // start_sum's, until finish_sums
+  std::deque<std::vector<torch::Tensor>> pending_tensors;  // stable addresses while growing
 };
 
 DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds timeout,
@@ -169,20 +172,30 @@ void DataParallel::broadcast(const std::vector<torch::Tensor>& tensors) {
   seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-void DataParallel::average(torch::Tensor& flat, std::int64_t bucket_bytes) {
+void DataParallel::start_sum(const torch::Tensor& part) {
   const auto start = Clock::now();
+  impl_->pending_tensors.push_back({part});
+  impl_->pending.push_back(impl_->group->allreduce(impl_->pending_tensors.back()));
+  seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void DataParallel::finish_sums() {
+  const auto start = Clock::now();
+  auto pending = std::move(impl_->pending);
+  auto tensors = std::move(impl_->pending_tensors);
+  impl_->pending.clear();
+  impl_->pending_tensors.clear();
+  for (const auto& work : pending) finish([&] { work->wait(timeout_); }, "all-reduce");
+  seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void DataParallel::average(torch::Tensor& flat, std::int64_t bucket_bytes) {
   const std::int64_t bucket =
       std::max<std::int64_t>(1, bucket_bytes / static_cast<std::int64_t>(flat.element_size()));
-  std::vector<c10::intrusive_ptr<c10d::Work>> works;
-  std::vector<std::vector<torch::Tensor>> parts;
-  parts.reserve(static_cast<std::size_t>((flat.numel() + bucket - 1) / bucket));
-  for (std::int64_t begin = 0; begin < flat.numel(); begin += bucket) {
-    parts.push_back({flat.narrow(0, begin, std::min(bucket, flat.numel() - begin))});
-    works.push_back(impl_->group->allreduce(parts.back()));
-  }
-  for (const auto& work : works) finish([&] { work->wait(timeout_); }, "all-reduce");
+  for (std::int64_t begin = 0; begin < flat.numel(); begin += bucket)
+    start_sum(flat.narrow(0, begin, std::min(bucket, flat.numel() - begin)));
+  finish_sums();
   flat.div_(static_cast<double>(world_.world_size));
-  seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
 std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) {
@@ -214,6 +227,8 @@ DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds tim
 DataParallel::~DataParallel() = default;
 void DataParallel::broadcast(const std::vector<torch::Tensor>&) {}
 void DataParallel::average(torch::Tensor&, std::int64_t) {}
+void DataParallel::start_sum(const torch::Tensor&) {}
+void DataParallel::finish_sums() {}
 std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) { return {tensor}; }
 void DataParallel::barrier() {}
 void DataParallel::finish(const std::function<void()>& wait, const char*) { wait(); }

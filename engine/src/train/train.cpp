@@ -290,7 +290,10 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
   model_.train();
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  // The gradient hooks of attach() point at this trainer: the model outlives it.
+  for (std::size_t i = 0; i < hooks_.size(); ++i) params_[i].remove_hook(hooks_[i]);
+}
 
 std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> Trainer::draw(at::Generator& gen, std::int64_t n) {
   const torch::Device device = c_.context.device;
@@ -312,32 +315,61 @@ std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> Trainer::draw(at::Generat
   return {std::move(source), std::move(target), std::move(t), std::move(labels)};
 }
 
-torch::Tensor Trainer::average_over_ranks(const torch::Tensor& loss) {
-  // The gradients, the loss and the stop flag in one flat buffer, averaged in one all-reduce.
+void Trainer::on_gradient(std::size_t param, const torch::Tensor& grad) {
+  // Called by autograd with a parameter's gradient as the backward pass produces it (before it is
+  // added into .grad): copied (or, over micro-batches, added) into the parameter's slot of the flat
+  // buffer; when the last micro-batch completes a bucket, its all-reduce starts while the backward
+  // pass goes on with the layers before.
+  if (!collecting_) return;
   torch::NoGradGuard no_grad;
-  std::int64_t offset = 0;
-  for (const auto& p : params_) {
-    torch::Tensor slot = dp_flat_.narrow(0, offset, p.numel());
-    if (p.grad().defined())
-      slot.copy_(p.grad().reshape({-1}));
-    else
-      slot.zero_();
-    offset += p.numel();
+  Slot& slot = slots_[param];
+  torch::Tensor target = dp_flat_.narrow(0, slot.offset, grad.numel());
+  if (!slot.written)
+    target.copy_(grad.reshape({-1}));
+  else
+    target.add_(grad.reshape({-1}));
+  slot.written = true;
+  if (last_micro_ && !slot.counted) {
+    slot.counted = true;
+    Bucket& bucket = buckets_[slot.bucket];
+    if (--bucket.pending == 0) {
+      bucket.launched = true;
+      dp_->start_sum(dp_flat_.narrow(0, bucket.begin, bucket.size));
+    }
   }
-  dp_flat_[offset] = loss.to(torch::kFloat32);
-  dp_flat_[offset + 1] = stop_requested_ ? 1.0f : 0.0f;
-  dp_->average(dp_flat_);
-  offset = 0;
-  for (auto& p : params_) {
-    torch::Tensor slot = dp_flat_.narrow(0, offset, p.numel()).view(p.sizes());
+}
+
+torch::Tensor Trainer::average_over_ranks(const torch::Tensor& loss) {
+  // The buckets the backward pass did not complete (parameters without a gradient this step: zeros),
+  // the loss and the stop flag; then the mean of everything, unpacked into the gradients.
+  torch::NoGradGuard no_grad;
+  collecting_ = false;
+  for (std::size_t i = 0; i < slots_.size(); ++i)
+    if (!slots_[i].written) dp_flat_.narrow(0, slots_[i].offset, params_[i].numel()).zero_();
+  for (Bucket& bucket : buckets_)
+    if (!bucket.launched) dp_->start_sum(dp_flat_.narrow(0, bucket.begin, bucket.size));
+  dp_scalars_[0] = loss.to(torch::kFloat32);
+  dp_scalars_[1] = stop_requested_ ? 1.0f : 0.0f;
+  dp_->start_sum(dp_scalars_);
+  dp_->finish_sums();
+  const double world = static_cast<double>(dp_->world().world_size);
+  dp_flat_.div_(world);
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    auto& p = params_[i];
+    torch::Tensor slot = dp_flat_.narrow(0, slots_[i].offset, p.numel()).view(p.sizes());
     if (p.grad().defined())
       p.mutable_grad().copy_(slot);
     else
       p.mutable_grad() = slot.clone();
-    offset += p.numel();
   }
-  stop_agreed_ = dp_flat_[offset + 1].item<float>() > 0.0f;
-  return dp_flat_[offset].to(loss.scalar_type()).clone();
+  stop_agreed_ = dp_scalars_[1].item<float>() > 0.0f;
+  return (dp_scalars_[0] / world).to(loss.scalar_type());
+}
+
+void Trainer::start_collecting() {
+  collecting_ = true;
+  for (Slot& slot : slots_) slot.written = slot.counted = false;
+  for (Bucket& bucket : buckets_) bucket.pending = bucket.params, bucket.launched = false;
 }
 
 void Trainer::attach(DataParallel& group) {
@@ -353,11 +385,30 @@ void Trainer::attach(DataParallel& group) {
                     accumulate_, local_batch_, batch_));
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> values;
-  std::int64_t total = 0;
-  for (const auto& p : params_) values.push_back(p.detach()), total += p.numel();
+  for (const auto& p : params_) values.push_back(p.detach());
   group.broadcast(values);  // every rank starts from rank 0's initial weights
   for (std::size_t i = 0; i < ema_.size(); ++i) ema_[i].copy_(params_[i]);
-  dp_flat_ = torch::zeros({total + 2}, torch::TensorOptions().device(c_.context.device));
+
+  // The flat buffer in the reverse order of the parameters (the order in which the backward pass
+  // produces their gradients), cut into buckets of at most kBucket values.
+  constexpr std::int64_t kBucket = 1 << 20;  // 4 MB of float32
+  slots_.assign(params_.size(), Slot{});
+  std::int64_t offset = 0;
+  for (std::size_t k = params_.size(); k-- > 0;) {
+    const std::int64_t n = params_[k].numel();
+    if (buckets_.empty() || (buckets_.back().size > 0 && buckets_.back().size + n > kBucket))
+      buckets_.push_back(Bucket{offset, 0, 0, 0, false});
+    slots_[k].offset = offset;
+    slots_[k].bucket = buckets_.size() - 1;
+    buckets_.back().size += n;
+    ++buckets_.back().params;
+    offset += n;
+  }
+  dp_flat_ = torch::zeros({offset}, torch::TensorOptions().device(c_.context.device));
+  dp_scalars_ = torch::zeros({2}, torch::TensorOptions().device(c_.context.device));
+  for (std::size_t i = 0; i < params_.size(); ++i)
+    hooks_.push_back(
+        params_[i].register_hook([this, i](const torch::Tensor& grad) { on_gradient(i, grad); }));
 }
 
 void Trainer::simulate_ranks(int ranks) {
@@ -405,7 +456,9 @@ torch::Tensor Trainer::step() {
   // The whole batch is drawn at once (so that couplings see all of it and the draws do not depend
   // on `accumulate`); the model sees it in `accumulate` micro-batches whose gradients add up.
   torch::Tensor total;
+  if (dp_) start_collecting();
   for (std::int64_t k = 0, begin = 0; k < accumulate_; ++k) {
+    last_micro_ = k + 1 == accumulate_;
     const std::int64_t size = batch / accumulate_ + (k < batch % accumulate_ ? 1 : 0);
     auto part = [&](const torch::Tensor& x) { return accumulate_ == 1 ? x : x.narrow(0, begin, size); };
     torch::Tensor t_k = part(t), x0 = part(source.x), x1 = part(target.x);
@@ -899,7 +952,9 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   if (double macs = c.model->macs_per_sample(); macs > 0)
     result.gflops = 3.0 * 2.0 * macs * result.samples_per_second / 1e9;
   if (log && dp && done > 0)
-    log(fmt::format("train: data parallel over {} ranks, batch {} per rank; all-reduce {:.2f} ms per step",
+    log(
+        fmt::format("train: data parallel over {} ranks, batch {} per rank; all-reduce {:.2f} ms per step "
+                    "(not hidden behind the backward pass)",
                     dp->world().world_size, tp.integer("batch_size") / dp->world().world_size,
                     1e3 * dp->seconds() / static_cast<double>(done)));
   if (log && done > 0)

@@ -47,6 +47,10 @@ class PATHLINE_API DataParallel {
   // The mean over ranks of a flat float tensor, in place, all-reduced in buckets of at most
   // bucket_bytes (several reductions in flight at once).
   void average(torch::Tensor& flat, std::int64_t bucket_bytes = 16 << 20);
+  // Starts summing a float tensor over the ranks, in place, in the background; finish_sums() waits
+  // for every sum started (the tensor must live until then).
+  void start_sum(const torch::Tensor& part);
+  void finish_sums();
   // Every rank's tensor (equal shapes), in rank order.
   std::vector<torch::Tensor> all_gather(const torch::Tensor& tensor);
   void barrier();

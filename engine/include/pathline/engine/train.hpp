@@ -114,8 +114,21 @@ class PATHLINE_API Trainer {
  private:
   // One rank's share: source and target (coupled), times, labels after dropout (or undefined).
   std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> draw(at::Generator& gen, std::int64_t n);
-  // Averages the gradients over the ranks in place; returns the mean loss; sets stop_agreed_.
+  // Data parallel: averages the gradients over the ranks (the buckets that the backward pass
+  // started, then the rest); returns the mean loss; sets stop_agreed_.
   torch::Tensor average_over_ranks(const torch::Tensor& loss);
+  void on_gradient(std::size_t param, const torch::Tensor& grad);
+  void start_collecting();
+  struct Slot {
+    std::int64_t offset = 0;
+    std::size_t bucket = 0;
+    bool written = false, counted = false;
+  };
+  struct Bucket {
+    std::int64_t begin, size;
+    int params, pending;
+    bool launched;
+  };
 
   Components& c_;
   Model& model_;
@@ -125,7 +138,12 @@ class PATHLINE_API Trainer {
   DataParallel* dp_ = nullptr;
   std::vector<at::Generator> rank_gens_;  // simulate_ranks: one stream per simulated rank
   std::int64_t local_batch_ = 0;          // this rank's share of batch_ (batch_ without ranks)
-  torch::Tensor dp_flat_;                 // gradients, loss and stop flag, all-reduced together
+  torch::Tensor dp_flat_;                 // the gradients, in buckets (reverse parameter order)
+  torch::Tensor dp_scalars_;              // the loss and the stop flag
+  std::vector<Slot> slots_;               // per parameter: where its gradient goes in dp_flat_
+  std::vector<Bucket> buckets_;
+  bool collecting_ = false, last_micro_ = true;
+  std::vector<unsigned> hooks_;  // attach()'s gradient hooks, removed by the destructor
   bool stop_requested_ = false, stop_agreed_ = false;
   std::map<std::string, std::vector<torch::Tensor>> rank_states_;  // gather_rank_states()
   std::int64_t world_mismatch_ = 0;
