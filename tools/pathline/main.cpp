@@ -79,6 +79,8 @@ struct Session {
     if (!quiet_failures)
       for (const auto& f : host.failures()) std::cerr << "pathline: warning: " << f.line() << "\n";
   }
+  // Loads the plugins, then the pipeline file with the command's --set overrides, validated.
+  PipelineConfig load_pipeline(const po::variables_map& vm, const std::string& file);
 };
 
 // Parses a subcommand's options; returns nullopt when --help was printed.
@@ -103,6 +105,13 @@ std::optional<po::variables_map> parse(const std::string& command, const std::ve
 
 std::vector<std::string> overrides_of(const po::variables_map& vm) {
   return vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
+PipelineConfig Session::load_pipeline(const po::variables_map& vm, const std::string& file) {
+  load(vm);
+  ConfigOptions options;
+  options.overrides = overrides_of(vm);
+  return load_config(file, registry, options);
 }
 
 void add_set_option(po::options_description& options) {
@@ -277,12 +286,9 @@ int cmd_validate(const std::vector<std::string>& args) {
   auto vm =
       parse("validate", args, options, single_positional("config"), "CONFIG [--set key=value ...] [--print]");
   if (!vm) return kOk;
-  std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
   Session s;
-  s.load(*vm);
-  ConfigOptions co;
-  co.overrides = overrides_of(*vm);
-  PipelineConfig config = load_config(file, s.registry, co);
+  const std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
+  PipelineConfig config = s.load_pipeline(*vm, file);
   print_notes(config);
   if (vm->count("print")) std::cout << config.to_toml();
   std::cerr << file << ": valid\n";
@@ -298,12 +304,9 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
   auto vm = parse(command, args, options, single_positional("config"),
                   "CONFIG [--set key=value ...] [--run-dir DIR] [--overwrite]");
   if (!vm) return kOk;
-  std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
   Session s;
-  s.load(*vm);
-  ConfigOptions co;
-  co.overrides = overrides_of(*vm);
-  PipelineConfig config = load_config(file, s.registry, co);
+  const std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
+  PipelineConfig config = s.load_pipeline(*vm, file);
   print_notes(config);
   JobOptions job;
   if (vm->count("run-dir")) job.run_dir = (*vm)["run-dir"].as<std::string>();
@@ -605,12 +608,9 @@ int cmd_bench(const std::vector<std::string>& args) {
   }
   if (job != "train" && job != "sample")
     throw UsageError("unknown job '" + job + "'; use train, sample or peak");
-  std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
   Session s;
-  s.load(*vm);
-  ConfigOptions co;
-  co.overrides = overrides_of(*vm);
-  PipelineConfig config = load_config(file, s.registry, co);
+  const std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
+  PipelineConfig config = s.load_pipeline(*vm, file);
   std::cout << (job == "train" ? bench_train(config, s.registry, bench)
                                : bench_sample(config, s.registry, bench))
             << "\n";

@@ -189,15 +189,6 @@ void DataParallel::finish_sums() {
   seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-void DataParallel::average(torch::Tensor& flat, std::int64_t bucket_bytes) {
-  const std::int64_t bucket =
-      std::max<std::int64_t>(1, bucket_bytes / static_cast<std::int64_t>(flat.element_size()));
-  for (std::int64_t begin = 0; begin < flat.numel(); begin += bucket)
-    start_sum(flat.narrow(0, begin, std::min(bucket, flat.numel() - begin)));
-  finish_sums();
-  flat.div_(static_cast<double>(world_.world_size));
-}
-
 std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) {
   const auto start = Clock::now();
   std::vector<std::vector<torch::Tensor>> outputs(1);
@@ -226,7 +217,6 @@ DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds tim
 }
 DataParallel::~DataParallel() = default;
 void DataParallel::broadcast(const std::vector<torch::Tensor>&) {}
-void DataParallel::average(torch::Tensor&, std::int64_t) {}
 void DataParallel::start_sum(const torch::Tensor&) {}
 void DataParallel::finish_sums() {}
 std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) { return {tensor}; }

@@ -44,9 +44,6 @@ class PATHLINE_API DataParallel {
   const WorldInfo& world() const { return world_; }
   // Rank 0's values of the tensors, in place on every rank.
   void broadcast(const std::vector<torch::Tensor>& tensors);
-  // The mean over ranks of a flat float tensor, in place, all-reduced in buckets of at most
-  // bucket_bytes (several reductions in flight at once).
-  void average(torch::Tensor& flat, std::int64_t bucket_bytes = 16 << 20);
   // Starts summing a float tensor over the ranks, in place, in the background; finish_sums() waits
   // for every sum started (the tensor must live until then).
   void start_sum(const torch::Tensor& part);
