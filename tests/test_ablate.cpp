@@ -82,7 +82,17 @@ TEST_F(Ablate, KeysThatDoNotApplyAreDroppedAndDuplicatesRunOnce) {
   ASSERT_EQ(p.variants[2].dropped.size(), 1u);
   EXPECT_EQ(p.variants[2].dropped[0], "solver.steps (not a parameter of solver 'dopri5')");
   ASSERT_EQ(p.notes.size(), 2u);
+  EXPECT_EQ(p.notes[0], "dropped solver.steps (not a parameter of solver 'dopri5') in variant 3");
   EXPECT_NE(p.notes[1].find("repeats an earlier one"), std::string::npos) << p.notes[1];
+
+  // One note per dropped key, naming the variants, however many there are.
+  auto many = plan(
+      "[ablation]\n\"run.seed\" = [0, 1, 2, 3, 4, 5, 6]\n[ablation.solver]\n\"solver.type\" = [\"euler\", "
+      "\"dopri5\"]\n\"solver.atol\" = [1e-4, 1e-4]\n");
+  ASSERT_EQ(many.variants.size(), 14u);
+  ASSERT_EQ(many.notes.size(), 1u);
+  EXPECT_EQ(many.notes[0],
+            "dropped solver.atol (not a parameter of solver 'euler') in 7 variants: 1, 3, 5, 7, 9, 11, 13");
 }
 
 TEST_F(Ablate, StarSweepsEveryRegisteredComponentIncludingPlugins) {

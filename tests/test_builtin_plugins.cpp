@@ -327,6 +327,30 @@ TEST_P(Toy2dShape, DrawsFiniteDeterministicPointsWithPlausibleSpread) {
   auto jitter = draw(shape, 4000, 7, {{"noise", 0.1}}) - x;
   EXPECT_NEAR(jitter.std().item<double>(), 0.1, 0.01) << shape;
   EXPECT_LT(jitter.mean().abs().item<double>(), 0.01) << shape;
+  // jitter = "diagonal_uniform": one U[0, noise) per point, the same on both coordinates.
+  auto diagonal = draw(shape, 4000, 7, {{"noise", 0.6}, {"jitter", std::string("diagonal_uniform")}}) - x;
+  EXPECT_TRUE(torch::allclose(diagonal.select(1, 0), diagonal.select(1, 1), 0.0, 1e-5)) << shape;
+  EXPECT_GE(diagonal.min().item<double>(), -1e-5) << shape;
+  EXPECT_LT(diagonal.max().item<double>(), 0.6) << shape;
+  EXPECT_NEAR(diagonal.mean().item<double>(), 0.3, 0.02) << shape;
+  EXPECT_NEAR(diagonal.std().item<double>(), 0.6 / std::sqrt(12.0), 0.01) << shape;
+  // `offset` moves every point after `scale`.
+  EXPECT_TRUE(
+      torch::allclose(draw(shape, 4000, 7, {{"scale", 2.0}, {"offset", std::vector<double>{0.5, -1.0}}}),
+                      2.0 * x + torch::tensor({0.5f, -1.0f}), 1e-6, 1e-5));
+}
+
+TEST(Toy2d, EightGaussiansModeStdSetsTheSpreadOfEachMode) {
+  for (double s : {0.1, 0.5}) {
+    auto b = draw_batch("8gaussians", 16000, 5, {{"mode_std", s}, {"labelled", true}});
+    // The distance to the mode's centre, radius 2 sqrt(2) at angle k pi/4, has std s per axis.
+    auto angle = b.labels.to(torch::kFloat64) * (M_PI / 4.0);
+    auto centre = torch::stack({torch::cos(angle), torch::sin(angle)}, 1) * (2.0 * std::sqrt(2.0));
+    auto offset = b.x.to(torch::kFloat64) - centre;
+    EXPECT_NEAR(offset.std(0).min().item<double>(), s, 0.03 * s) << s;
+    EXPECT_NEAR(offset.std(0).max().item<double>(), s, 0.03 * s) << s;
+    EXPECT_LT(offset.mean(0).abs().max().item<double>(), 0.05 * s + 0.005) << s;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Builtin, Toy2dShape,

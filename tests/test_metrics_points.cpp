@@ -198,6 +198,12 @@ TEST(MetricsPointsWasserstein, MatchesBruteForceOverAllPermutations) {
   EXPECT_NEAR(four.value, brute_force_w2(images.narrow(0, 0, 4), other.narrow(0, 0, 4)), 1e-9);
   EXPECT_EQ(four.details.at("n"), 4.0);
   EXPECT_EQ(score(*metric, x, x).value, 0.0);
+
+  // squared = true reports W2^2 of the same matching.
+  auto squared = make_metric("wasserstein", {{"squared", true}});
+  auto a = torch::randn({6, 2}, gen), b = torch::randn({6, 2}, gen) * 2.0;
+  const double w2 = brute_force_w2(a, b);
+  EXPECT_NEAR(score(*squared, a, b).value, w2 * w2, 1e-9 * (1 + w2 * w2));
 }
 
 TEST(MetricsPointsWasserstein, ShiftedGaussiansApproachTheShift) {

@@ -37,6 +37,10 @@ void pathlines(const fs::path& file, const std::vector<Points>& states, const Po
 void line_chart(const fs::path& file, const Axes& axes, const std::vector<Series>& series) {
   pathline::write_file_atomic(file, pathline::plot::line_chart(file, axes, series));
 }
+void panel_chart(const fs::path& file, const Axes& axes, const std::vector<pathline::plot::Panel>& panels,
+                 int columns) {
+  pathline::write_file_atomic(file, pathline::plot::panel_chart(file, axes, panels, columns));
+}
 void bar_chart(const fs::path& file, const Axes& axes, const std::vector<std::string>& labels,
                const std::vector<double>& values) {
   pathline::write_file_atomic(file, pathline::plot::bar_chart(file, axes, labels, values));
@@ -250,6 +254,72 @@ TEST_F(PlotTest, LogAxesMapPowerLawsToStraightLines) {
   plot::line_chart(path("loglog.png"), {"", "", "", true, true}, {power});
   EXPECT_LT(bend(read_plot(path("loglog.png"))), 2.0);
   EXPECT_GT(bend(read_plot(path("linear.png"))), 20.0);  // x^3 is far from straight
+}
+
+// The mean row of the pixels of a class inside a rectangle (-1 where there are none).
+template <typename Pred>
+double mean_row(const Image& im, Pred pred, int x0, int y0, int x1, int y1) {
+  double sum = 0;
+  int n = 0;
+  for (int y = y0; y < y1; ++y)
+    for (int x = x0; x < x1; ++x)
+      if (pred(at(im, x, y))) sum += y, ++n;
+  return n > 0 ? sum / n : -1;
+}
+
+TEST_F(PlotTest, PanelChartSharesAxesAndColoursAndDrawsOneLegend) {
+  // Six panels, three to a row; "flat" is at y = 1 in every panel, "rising" at y = k + 2 in panel k.
+  // The series come in a different order in odd panels: colours follow the label, not the position.
+  std::vector<pathline::plot::Panel> panels;
+  for (int k = 0; k < 6; ++k) {
+    const plot::Series flat{"flat", {1, 2, 4, 8}, {1, 1, 1, 1}};
+    const plot::Series rising{"rising", {1, 2, 4, 8}, std::vector<double>(4, k + 2.0)};
+    panels.push_back({"panel " + std::to_string(k), k % 2 == 1 ? std::vector<plot::Series>{rising, flat}
+                                                               : std::vector<plot::Series>{flat, rising}});
+  }
+  const plot::Axes axes{"quality by setting", "NFE", "distance", true, false};
+  plot::panel_chart(path("p.png"), axes, panels, 3);
+  plot::panel_chart(path("p.svg"), axes, panels, 3);
+  const Image im = read_plot(path("p.png"));
+  // The layout in pixels: cells of 270 x 215 points under a 44-point title, right of the 28-point
+  // column of the y label, 1.5 pixels per point; the legend to the right of the third column.
+  const double cell_w = 270 * 1.5, cell_h = 215 * 1.5, head = 44 * 1.5, left = 28 * 1.5;
+  ASSERT_GT(im.width, static_cast<int>(left + 3 * cell_w) + 60);
+  ASSERT_GE(im.height, static_cast<int>(head + 2 * cell_h) - 1);
+  std::vector<double> flat_rows, rising_rows;
+  for (int k = 0; k < 6; ++k) {
+    SCOPED_TRACE("panel " + std::to_string(k));
+    const int x0 = static_cast<int>(left + (k % 3) * cell_w), y0 = static_cast<int>(head + (k / 3) * cell_h);
+    const int x1 = static_cast<int>(x0 + cell_w), y1 = std::min(im.height, static_cast<int>(y0 + cell_h));
+    EXPECT_GT(count(im, is_blue, x0, y0, x1, y1), 200);    // "flat" is blue in every panel
+    EXPECT_GT(count(im, is_orange, x0, y0, x1, y1), 200);  // "rising" orange
+    flat_rows.push_back(mean_row(im, is_blue, x0, y0, x1, y1) - y0);
+    rising_rows.push_back(mean_row(im, is_orange, x0, y0, x1, y1) - y0);
+  }
+  for (int k = 1; k < 6; ++k) {
+    EXPECT_NEAR(flat_rows[k], flat_rows[0], 1.5) << "panel " << k;       // the same y range in every panel
+    EXPECT_LT(rising_rows[k], rising_rows[k - 1] - 5) << "panel " << k;  // higher values sit higher
+  }
+  // The legend: one swatch of each colour beside the panels, none inside them twice.
+  const int legend_x = static_cast<int>(left + 3 * cell_w);
+  EXPECT_GT(count(im, is_blue, legend_x, 0, im.width, im.height), 20);
+  EXPECT_GT(count(im, is_orange, legend_x, 0, im.width, im.height), 20);
+  EXPECT_GT(glyphs_drawn(read_bytes(path("p.svg"))), 60u);  // titles of six panels, ticks, legend
+  EXPECT_THROW(pathline::plot::panel_chart(path("q.png"), axes, {}, 3), std::runtime_error);
+  EXPECT_THROW(pathline::plot::panel_chart(path("q.png"), axes, panels, 0), std::runtime_error);
+}
+
+TEST_F(PlotTest, LongTitlesShrinkToFitThePicture) {
+  // An ablation's title lists its swept keys; at the normal size this one is far wider than the chart.
+  std::string title = "wasserstein (lower is better)";
+  for (const char* key : {"solver.type", "solver.atol", "solver.rtol", "dataset.labelled", "coupling.type"})
+    title += std::string(" / ") + key;
+  plot::line_chart(path("t.png"), {title, "NFE", "W2"}, {{"a", {1, 2, 3}, {3, 1, 2}}});
+  const Image im = read_plot(path("t.png"));
+  const int band = im.height / 12;                                    // the title's rows
+  EXPECT_GT(count(im, is_dark, 0, 0, im.width, band), 200);           // the title is there
+  EXPECT_EQ(count(im, is_dark, 0, 0, 6, band), 0);                    // and clear of the left edge
+  EXPECT_EQ(count(im, is_dark, im.width - 6, 0, im.width, band), 0);  // and of the right one
 }
 
 TEST_F(PlotTest, BarChartBarsAreAsTallAsTheirValues) {

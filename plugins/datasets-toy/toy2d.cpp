@@ -62,8 +62,14 @@ class Toy2d : public pathline::Dataset {
   Toy2d(const Params& p, const BuildContext&)
       : shape_(parse_shape(p.string("shape"))),
         noise_(p.real("noise")),
+        diagonal_jitter_(p.string("jitter") == "diagonal_uniform"),
         scale_(p.real("scale")),
-        labelled_(p.boolean("labelled")) {}
+        offset_(p.real_list("offset")),
+        mode_std_(p.real("mode_std")),
+        labelled_(p.boolean("labelled")) {
+    if (offset_.size() != 2)  // the config validator checks this first (size(2))
+      throw pathline::InputError("toy2d: offset must hold 2 numbers, got " + std::to_string(offset_.size()));
+  }
 
   DataInfo info() const override {
     DataInfo info;
@@ -79,8 +85,14 @@ class Toy2d : public pathline::Dataset {
     // The labels come from the draws that choose the mode, cell or component, so that a labelled
     // and an unlabelled data set consume the generator alike and draw the same points.
     auto [x, labels] = draw(n, gen);
-    if (noise_ > 0) x.add_(torch::randn({n, 2}, gen, f32()), noise_);
+    if (noise_ > 0) {
+      if (diagonal_jitter_)  // one U[0, noise) shift along (1, 1) per point, as torchdyn's moons
+        x.add_(torch::rand({n, 1}, gen, f32()), noise_);
+      else
+        x.add_(torch::randn({n, 2}, gen, f32()), noise_);
+    }
     if (scale_ != 1.0) x.mul_(scale_);
+    if (offset_[0] != 0.0 || offset_[1] != 0.0) x.add_(torch::tensor({offset_[0], offset_[1]}, f32()));
     if (!labelled_) labels = torch::Tensor();
     return {x, labels};
   }
@@ -114,12 +126,12 @@ class Toy2d : public pathline::Dataset {
       }
       case Shape::eight_gaussians: {
         // FFJORD (Grathwohl et al. 2019) "8gaussians": modes at angles k pi/4 on a circle of
-        // radius 4/sqrt(2) = 2 sqrt(2), each an isotropic Gaussian of std 0.5/sqrt(2).
+        // radius 4/sqrt(2) = 2 sqrt(2), each an isotropic Gaussian of std 0.5/sqrt(2) (`mode_std`).
         auto mode = torch::randint(8, {n}, gen, f32());
         auto angle = mode * (kPi / 4.0);
         auto centers = torch::stack({torch::cos(angle), torch::sin(angle)}, 1);
         centers.mul_(2.0 * std::sqrt(2.0));
-        centers.add_(torch::randn({n, 2}, gen, f32()), 0.5 / std::sqrt(2.0));
+        centers.add_(torch::randn({n, 2}, gen, f32()), mode_std_);
         return {centers, as_labels(mode)};
       }
       case Shape::checkerboard: {
@@ -154,7 +166,10 @@ class Toy2d : public pathline::Dataset {
 
   Shape shape_;
   double noise_;
+  bool diagonal_jitter_;
   double scale_;
+  std::vector<double> offset_;
+  double mode_std_;
   bool labelled_;
 };
 
@@ -197,9 +212,15 @@ void register_toy(pathline::Registrar& registrar) {
       "labelled with the mode, cell or component each point was drawn from",
       {ParamSpec::choice("shape", {"moons", "circles", "8gaussians", "checkerboard", "spirals", "gaussian"},
                          "checkerboard", "which 2D distribution to draw from"),
-       ParamSpec::real("noise", 0.0, "std of Gaussian jitter added to every point, before `scale`")
-           .at_least(0.0),
+       ParamSpec::real("noise", 0.0, "size of the jitter added to every point, before `scale`").at_least(0.0),
+       ParamSpec::choice("jitter", {"gaussian", "diagonal_uniform"}, "gaussian",
+                         "gaussian: N(0, noise^2) on each coordinate; diagonal_uniform: one U[0, noise) "
+                         "added to both coordinates (torchdyn's moons, used by TorchCFM and C2OT)"),
        ParamSpec::real("scale", 1.0, "factor multiplying every point (after the jitter)").greater_than(0.0),
+       ParamSpec::real_list("offset", {0.0, 0.0}, "added to every point after `scale`").size(2),
+       ParamSpec::real("mode_std", 0.5 / std::sqrt(2.0),
+                       "8gaussians: standard deviation of each mode, before `scale` (FFJORD: 0.5/sqrt(2))")
+           .greater_than(0.0),
        ParamSpec::boolean("labelled", false,
                           "label every point with what it was drawn from: 8gaussians its mode (8 classes), "
                           "checkerboard its cell (8), moons its moon (2), circles its circle (2), spirals "

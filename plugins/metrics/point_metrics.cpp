@@ -59,10 +59,13 @@ pathline::MetricResult not_a_number(double bad_rows) { return {kNaN, {{"non_fini
 // transport between them is a permutation (Birkhoff-von Neumann), so
 //   W2 = sqrt(min over permutations s of (1/n) sum_j |x_s(j) - y_j|^2),
 // found by the exact assignment solver shared with the minibatch_ot coupling. Each set is cut to
-// its first n = min(N, M, max_points) rows.
+// its first n = min(N, M, max_points) rows. With `squared` the value is W2^2 itself, the mean
+// squared distance under the optimal matching: what POT's ot.emd2 returns on ot.dist's default
+// (squared Euclidean) cost, and what several papers report under the name "W2".
 class Wasserstein : public pathline::Metric {
  public:
-  Wasserstein(const Params& p, const BuildContext&) : max_points_(p.integer("max_points")) {
+  Wasserstein(const Params& p, const BuildContext&)
+      : max_points_(p.integer("max_points")), squared_(p.boolean("squared")) {
     if (max_points_ < 2) throw pathline::InputError("wasserstein: max_points must be >= 2");
   }
 
@@ -86,12 +89,14 @@ class Wasserstein : public pathline::Metric {
         pathline_plugins::assignment::solve_assignment(cost.data_ptr<double>(), n, kName);
     const torch::Tensor rows = torch::tensor(row_of_col, torch::kLong);
     const double mean_squared = (x.index_select(0, rows) - y).square_().sum(1).mean().item<double>();
-    return {std::sqrt(mean_squared), {{"n", static_cast<double>(n)}, {"mean_squared_cost", mean_squared}}};
+    return {squared_ ? mean_squared : std::sqrt(mean_squared),
+            {{"n", static_cast<double>(n)}, {"mean_squared_cost", mean_squared}}};
   }
 
  private:
   static constexpr const char* kName = "wasserstein";
   std::int64_t max_points_;
+  bool squared_;
 };
 
 // Sliced 2-Wasserstein distance (Rabin et al. 2011; Bonneel et al. 2015): the sets are projected on
@@ -246,7 +251,10 @@ void register_point_metrics(pathline::Registrar& registrar) {
       {ParamSpec::integer("max_points", 2000,
                           "use at most this many samples of each set (the first); the assignment costs "
                           "about 35 n^2 operations, n^3 at worst")
-           .at_least(2)}});
+           .at_least(2),
+       ParamSpec::boolean("squared", false,
+                          "report W2^2 (the mean squared distance under the optimal matching, as POT's "
+                          "ot.emd2 on squared Euclidean costs) instead of W2")}});
   registrar.add_type<pathline::Metric, SlicedWasserstein>(pathline::ComponentDecl{
       "sliced_wasserstein",
       "sliced 2-Wasserstein distance: root mean squared 1D W2 of the projections on random unit "

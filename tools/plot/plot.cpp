@@ -46,6 +46,7 @@ constexpr Colour kPalette[] = {rgb(31, 119, 180),  rgb(255, 127, 14), rgb(44, 16
                                rgb(148, 103, 189), rgb(140, 86, 75),  rgb(227, 119, 194), rgb(127, 127, 127),
                                rgb(188, 189, 34),  rgb(23, 190, 207)};
 constexpr int kPaletteSize = sizeof(kPalette) / sizeof(kPalette[0]);
+static_assert(kPaletteSize == kDistinctColours, "plot.hpp promises as many colours as the palette holds");
 constexpr Colour kBlue = kPalette[0];
 
 constexpr double kPi = 3.14159265358979323846;
@@ -184,6 +185,14 @@ TextSize measure(cairo_t* cr, const std::string& text, double size, bool bold = 
 }
 
 // Draws text with (x, y) at the chosen anchor; `angle` in radians, counter-clockwise on the page.
+// The largest size up to `size` (and not below 7) at which `text` is at most `width` wide: long
+// titles (an ablation's swept keys) shrink to fit the picture instead of running off its edges.
+double fitted_size(cairo_t* cr, const std::string& text, double size, double width, bool bold = false) {
+  const double natural = measure(cr, text, size, bold).width;
+  if (natural <= width || natural <= 0) return size;
+  return std::max(7.0, size * width / natural);
+}
+
 void draw_text(cairo_t* cr, double x, double y, const std::string& text, double size, HAlign h, VAlign v,
                const Colour& colour = kInk, bool bold = false, double angle = 0) {
   if (text.empty()) return;
@@ -449,7 +458,9 @@ void draw_axes(cairo_t* cr, const Frame& f, const FrameSpec& spec, double width)
   draw_text(cr, (f.left + f.right) / 2, lowest + 10, spec.x_label, kLabelSize, HAlign::centre, VAlign::top);
   draw_text(cr, f.left - 7 - widest - 10, (f.top + f.bottom) / 2, spec.y_label, kLabelSize, HAlign::centre,
             VAlign::bottom, kInk, false, kPi / 2);
-  draw_text(cr, std::clamp((f.left + f.right) / 2, 0.0, width), f.top - 12, spec.title, kTitleSize,
+  const double centre = std::clamp((f.left + f.right) / 2, 0.0, width);
+  draw_text(cr, centre, f.top - 12, spec.title,
+            fitted_size(cr, spec.title, kTitleSize, 2 * std::min(centre, width - centre) - 12, true),
             HAlign::centre, VAlign::bottom, kInk, true);
   cairo_restore(cr);
 }
@@ -765,10 +776,12 @@ std::string pathlines(const fs::path& file, const std::vector<Points>& states, c
   return figure.encode();
 }
 
-std::string line_chart(const fs::path& file, const Axes& axes, const std::vector<Series>& series) {
-  Figure figure(file, kChartWidth, kChartHeight);
-  cairo_t* cr = figure.cr();
-  Range x, y;
+namespace {
+
+// The x and y ranges of every finite point of `series` (positive where the axis is logarithmic);
+// `file` names the picture when a series' x and y do not pair up.
+void add_ranges(const fs::path& file, const Axes& axes, const std::vector<Series>& series, Range& x,
+                Range& y) {
   for (const Series& s : series) {
     if (s.x.size() != s.y.size())
       fail(file, "series '" + s.label + "' has " + std::to_string(s.x.size()) + " x values and " +
@@ -779,23 +792,21 @@ std::string line_chart(const fs::path& file, const Axes& axes, const std::vector
       if (ok_x && ok_y) x.add(s.x[i]), y.add(s.y[i]);
     }
   }
-  FrameSpec spec;
-  spec.title = axes.title, spec.x_label = axes.x_label, spec.y_label = axes.y_label;
-  spec.log_x = axes.log_x, spec.log_y = axes.log_y;
-  spec.x = padded(x, axes.log_x, 0.03);
-  spec.y = padded(y, axes.log_y, 0.05);
-  const Frame f = layout(cr, figure.width(), figure.height(), spec);
-  draw_grid(cr, f);
+}
 
+// Lines and markers of `series` inside the frame, series k in colours[k]; returns their legend
+// entries, and adds the page coordinates of every drawn point to `page` (for the legend's place).
+std::vector<LegendEntry> draw_series(cairo_t* cr, const Frame& f, const std::vector<Series>& series,
+                                     const std::vector<Colour>& colours,
+                                     std::vector<std::pair<double, double>>& page) {
   std::vector<LegendEntry> legend;
-  std::vector<std::pair<double, double>> page;
   cairo_save(cr);
   clip_to(cr, f);
   cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
   cairo_set_line_cap(cr, CAIRO_LINE_CAP_ROUND);
   for (std::size_t k = 0; k < series.size(); ++k) {
     const Series& s = series[k];
-    const Colour colour = kPalette[k % kPaletteSize];
+    const Colour colour = colours[k];
     std::vector<std::pair<double, double>> points;  // page coordinates; NaN marks a gap
     for (std::size_t i = 0; i < s.x.size(); ++i) {
       if (f.x.valid(s.x[i]) && f.y.valid(s.y[i])) {
@@ -831,8 +842,104 @@ std::string line_chart(const fs::path& file, const Axes& axes, const std::vector
     legend.push_back({s.label, colour, s.lines, s.markers, radius + 0.5});
   }
   cairo_restore(cr);
+  return legend;
+}
+
+}  // namespace
+
+std::string line_chart(const fs::path& file, const Axes& axes, const std::vector<Series>& series) {
+  Figure figure(file, kChartWidth, kChartHeight);
+  cairo_t* cr = figure.cr();
+  Range x, y;
+  add_ranges(file, axes, series, x, y);
+  FrameSpec spec;
+  spec.title = axes.title, spec.x_label = axes.x_label, spec.y_label = axes.y_label;
+  spec.log_x = axes.log_x, spec.log_y = axes.log_y;
+  spec.x = padded(x, axes.log_x, 0.03);
+  spec.y = padded(y, axes.log_y, 0.05);
+  const Frame f = layout(cr, figure.width(), figure.height(), spec);
+  draw_grid(cr, f);
+  std::vector<Colour> colours;
+  for (std::size_t k = 0; k < series.size(); ++k) colours.push_back(kPalette[k % kPaletteSize]);
+  std::vector<std::pair<double, double>> page;
+  const std::vector<LegendEntry> legend = draw_series(cr, f, series, colours, page);
   draw_axes(cr, f, spec, figure.width());
   draw_legend(cr, f, legend, page);
+  return figure.encode();
+}
+
+std::string panel_chart(const fs::path& file, const Axes& axes, const std::vector<Panel>& panels,
+                        int columns) {
+  if (panels.empty()) fail(file, "a panel chart needs at least one panel");
+  if (columns < 1) fail(file, "a panel chart needs at least one column, got " + std::to_string(columns));
+  const auto count = static_cast<int>(panels.size());
+  columns = std::min(columns, count);
+  const int rows = (count + columns - 1) / columns;
+  // One colour per label, in order of first appearance, the same in every panel.
+  std::vector<std::string> labels;
+  std::vector<LegendEntry> legend;
+  Range x, y;
+  for (const Panel& p : panels) {
+    add_ranges(file, axes, p.series, x, y);
+    for (const Series& s : p.series) {
+      if (std::find(labels.begin(), labels.end(), s.label) != labels.end()) continue;
+      labels.push_back(s.label);
+      legend.push_back({s.label, kPalette[(labels.size() - 1) % kPaletteSize], s.lines, s.markers, 4.0});
+    }
+  }
+  // The legend's box beside the panels, sized as draw_legend sizes it.
+  double text_w = 0;
+  {
+    Figure probe(file, 10, 10);
+    for (const auto& e : legend) text_w = std::max(text_w, measure(probe.cr(), e.label, kLegendSize).width);
+  }
+  const double legend_w = text_w > 0 ? 7 + 22 + 7 + text_w + 7 + 2 * 8 + 8 : 0;
+  // Every panel gets the same plot area: the axis labels are the figure's, once, beside the grid
+  // (as matplotlib's supxlabel / supylabel), not the outer panels'.
+  const double cell_w = 270, cell_h = 215, head = axes.title.empty() ? 8 : 44;
+  const double left = axes.y_label.empty() ? 0 : kLabelSize + 16,
+               below = axes.x_label.empty() ? 0 : kLabelSize + 18;
+  const double grid_w = columns * cell_w, grid_h = rows * cell_h;
+  const double width = left + grid_w + legend_w,
+               height = std::max(head + grid_h + below, head + 16 + kLegendSize * 1.55 * labels.size() + 30);
+  Figure figure(file, width, height);
+  cairo_t* cr = figure.cr();
+  draw_text(cr, left + grid_w / 2, 30, axes.title,
+            fitted_size(cr, axes.title, kTitleSize,
+                        2 * std::min(left + grid_w / 2, width - left - grid_w / 2) - 12, true),
+            HAlign::centre, VAlign::bottom, kInk, true);
+  draw_text(cr, left + grid_w / 2, head + grid_h + 2, axes.x_label, kLabelSize, HAlign::centre, VAlign::top);
+  draw_text(cr, left - 2, head + grid_h / 2, axes.y_label, kLabelSize, HAlign::centre, VAlign::bottom, kInk,
+            false, kPi / 2);
+  FrameSpec spec;
+  spec.log_x = axes.log_x, spec.log_y = axes.log_y;
+  spec.x = padded(x, axes.log_x, 0.04);
+  spec.y = padded(y, axes.log_y, 0.06);
+  for (int k = 0; k < count; ++k) {
+    const Panel& p = panels[static_cast<std::size_t>(k)];
+    const int row = k / columns, column = k % columns;
+    spec.title = p.title;
+    cairo_save(cr);
+    cairo_translate(cr, left + column * cell_w, head + row * cell_h);
+    Frame f = layout(cr, cell_w, cell_h, spec);
+    f.top -= 14;  // panel titles sit closer than a figure's
+    f.y.p1 = f.top;
+    draw_grid(cr, f);
+    std::vector<Colour> colours;
+    for (const Series& s : p.series)
+      colours.push_back(kPalette[static_cast<std::size_t>(std::find(labels.begin(), labels.end(), s.label) -
+                                                          labels.begin()) %
+                                 kPaletteSize]);
+    std::vector<std::pair<double, double>> page;
+    draw_series(cr, f, p.series, colours, page);
+    draw_axes(cr, f, spec, cell_w);
+    cairo_restore(cr);
+  }
+  if (legend_w > 0) {
+    Frame box;
+    box.left = left + grid_w, box.right = width, box.top = head, box.bottom = height;
+    draw_legend(cr, box, legend, {});
+  }
   return figure.encode();
 }
 

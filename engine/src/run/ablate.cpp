@@ -284,6 +284,9 @@ AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
 
   std::vector<std::string> problems;
   std::set<std::string> seen, seen_problems;
+  // One note per dropped key and reason, naming the variants (a sweep of 100 would repeat it 50 times).
+  std::map<std::string, std::vector<std::size_t>> dropped_in;
+  std::vector<std::string> dropped_order;
   std::size_t number = 0;
   for (auto& settings : rows) {
     ++number;
@@ -315,8 +318,10 @@ AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
                                        v.dropped.empty() ? "nothing" : v.dropped.front()));
       continue;
     }
-    for (const auto& d : v.dropped)
-      plan.notes.push_back(fmt::format("variant {} ({}): dropped {}", number, v.label, d));
+    for (const auto& d : v.dropped) {
+      if (!dropped_in.count(d)) dropped_order.push_back(d);
+      dropped_in[d].push_back(number);
+    }
     ConfigOptions options;
     options.overrides = overrides;
     for (const auto& o : v.overrides()) options.overrides.push_back(o);
@@ -342,6 +347,18 @@ AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
     plan.variants.push_back(std::move(v));
   }
   if (!problems.empty()) throw ConfigError(problems);
+  std::vector<std::string> dropped_notes;
+  for (const auto& d : dropped_order) {
+    const auto& numbers = dropped_in[d];
+    std::string list;
+    for (std::size_t i = 0; i < numbers.size() && i < 12; ++i)
+      list += (list.empty() ? "" : ", ") + std::to_string(numbers[i]);
+    if (numbers.size() > 12) list += fmt::format(" and {} more", numbers.size() - 12);
+    dropped_notes.push_back(numbers.size() == 1
+                                ? fmt::format("dropped {} in variant {}", d, list)
+                                : fmt::format("dropped {} in {} variants: {}", d, numbers.size(), list));
+  }
+  plan.notes.insert(plan.notes.begin(), dropped_notes.begin(), dropped_notes.end());
   return plan;
 }
 
@@ -526,10 +543,24 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     write_file_atomic(dir / "results-mean.csv", mean_csv);
   }
   std::string failures, dropped;
+  std::vector<std::string> dropped_order;
+  std::map<std::string, std::vector<std::string>> dropped_in;  // reason -> labels of the variants
   for (const auto& r : rows) {
     if (!r.ok) failures += fmt::format("- {}: {}\n", r.variant->label, r.error);
-    for (const auto& d : r.variant->dropped)
-      dropped += fmt::format("- {}: dropped {}\n", r.variant->label, d);
+    for (const auto& d : r.variant->dropped) {
+      if (!dropped_in.count(d)) dropped_order.push_back(d);
+      dropped_in[d].push_back(r.variant->label);
+    }
+  }
+  for (const auto& d : dropped_order) {
+    const auto& labels = dropped_in[d];
+    if (labels.size() == 1) {
+      dropped += fmt::format("- {}: dropped {}\n", labels.front(), d);
+    } else {
+      dropped += fmt::format("- {}, dropped in {} variants: {}", d, labels.size(), labels.front());
+      for (std::size_t i = 1; i < labels.size() && i < 3; ++i) dropped += "; " + labels[i];
+      dropped += labels.size() > 3 ? fmt::format("; and {} more\n", labels.size() - 3) : std::string("\n");
+    }
   }
   if (!dropped.empty())
     md += "\nKeys that do not apply to a variant (dropped, the variant runs once):\n\n" + dropped;
@@ -561,62 +592,126 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     std::string bytes;
     // A series per setting of the keys other than the step count; a point per setting apart from
     // the seed, its NFE and value averaged over the seeds (an adaptive solver's NFE varies).
-    // Legend labels are the values alone ("linear / velocity / euler").
-    std::vector<std::string> order;
+    // Legend labels are the values alone ("linear / velocity / euler"). With more series than
+    // colours, one key (the last swept with at most that many values) picks the colour and each
+    // setting of the others gets a panel of its own (small multiples, as seaborn's relplot).
     struct Point {
       double x = 0, y = 0;
       int n = 0;
     };
-    std::map<std::string, std::map<std::string, Point>> points;
     const bool by_nfe = nfes.size() > 1;
     auto values_of = [](const std::vector<std::pair<std::string, std::string>>& settings) {
       std::string text;
       for (const auto& kv : settings) text += (text.empty() ? "" : " / ") + display(kv.second);
       return text.empty() ? std::string("(base)") : text;
     };
+    // The x axis is the cost: the step count and the time grid when they are swept; otherwise the
+    // solver itself (one Euler step against dopri5: a line per setting of the rest from one to the other).
+    const bool steps_swept = std::any_of(plan.keys.begin(), plan.keys.end(), [](const std::string& k) {
+      return k == "solver.steps" || k.rfind("time_grid.", 0) == 0;
+    });
+    auto on_axis = [&](const std::string& key) {
+      if (key == "run.seed") return true;
+      if (!by_nfe) return false;
+      if (key == "solver.steps" || key.rfind("time_grid.", 0) == 0) return true;
+      return !steps_swept && key.rfind("solver.", 0) == 0;
+    };
+    std::vector<const Row*> charted;
+    std::map<std::string, std::set<std::string>> distinct;  // key -> its values among charted rows
+    std::set<std::string> settings_seen;
     for (const auto& r : rows) {
       if (!r.ok || !r.metrics.count(metric) || !std::isfinite(r.metrics.at(metric))) continue;
       if (by_nfe && !std::isfinite(r.nfe)) continue;
-      std::vector<std::pair<std::string, std::string>> rest, point;
-      for (const auto& kv : r.variant->settings) {
+      charted.push_back(&r);
+      std::vector<std::pair<std::string, std::string>> rest;
+      for (const auto& kv : r.variant->settings)
+        if (!on_axis(kv.first)) rest.push_back(kv), distinct[kv.first].insert(kv.second);
+      settings_seen.insert(values_of(rest));
+    }
+    std::string hue_key;  // "" : one chart, a series per setting
+    if (by_nfe && settings_seen.size() > static_cast<std::size_t>(plot::kDistinctColours) &&
+        distinct.size() >= 2)
+      for (const auto& k : plan.keys)
+        if (!on_axis(k) && distinct.count(k) && distinct[k].size() > 1 &&
+            distinct[k].size() <= static_cast<std::size_t>(plot::kDistinctColours))
+          hue_key = k;  // the last such key
+    std::vector<std::string> order, panel_order;
+    std::map<std::string, std::map<std::string, std::map<std::string, Point>>>
+        points;  // panel, series, point
+    for (const Row* r : charted) {
+      std::vector<std::pair<std::string, std::string>> rest, panel, point;
+      std::string hue;
+      for (const auto& kv : r->variant->settings) {
         if (kv.first == "run.seed") continue;
         point.push_back(kv);
-        if (!(by_nfe && (kv.first == "solver.steps" || kv.first.rfind("time_grid.", 0) == 0)))
-          rest.push_back(kv);
+        if (on_axis(kv.first)) continue;
+        rest.push_back(kv);
+        if (kv.first == hue_key)
+          hue = display(kv.second);
+        else
+          panel.push_back(kv);
       }
-      const std::string name = values_of(rest);
-      if (!points.count(name)) order.push_back(name);
-      Point& p = points[name][label_of(point)];
-      p.x += by_nfe ? r.nfe : 0.0;
-      p.y += r.metrics.at(metric);
+      const std::string panel_name = hue_key.empty() ? "" : values_of(panel);
+      const std::string name = hue_key.empty() ? values_of(rest) : hue;
+      if (!points.count(panel_name)) panel_order.push_back(panel_name);
+      if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+      Point& p = points[panel_name][name][label_of(point)];
+      p.x += by_nfe ? r->nfe : 0.0;
+      p.y += r->metrics.at(metric);
       ++p.n;
     }
     std::string legend;
     for (const auto& k : plan.keys)
-      if (k != "run.seed" && !(by_nfe && (k == "solver.steps" || k.rfind("time_grid.", 0) == 0)))
-        legend += (legend.empty() ? "" : " / ") + k;
+      if (!on_axis(k)) legend += (legend.empty() ? "" : " / ") + k;
     axes.title = fmt::format("{} ({} is better){}", metric, lower_better.at(metric) ? "lower" : "higher",
                              legend.empty() ? "" : "; " + legend);
-    if (by_nfe) {
-      axes.x_label = "function evaluations (NFE)";
-      axes.log_x = *nfes.rbegin() / std::max(1.0, *nfes.begin()) > 8;
+    if (!hue_key.empty()) {
+      std::string panel_keys;
+      for (const auto& k : plan.keys)
+        if (!on_axis(k) && k != hue_key) panel_keys += (panel_keys.empty() ? "" : " / ") + k;
+      axes.title = fmt::format("{} ({} is better); panels: {}; colours: {}", metric,
+                               lower_better.at(metric) ? "lower" : "higher", panel_keys, hue_key);
+    }
+    auto series_of = [&](const std::map<std::string, std::map<std::string, Point>>& panel) {
       std::vector<plot::Series> list;
       for (const auto& name : order) {
+        if (!panel.count(name)) continue;
         std::vector<std::pair<double, double>> xy;
-        for (const auto& [label, p] : points[name]) xy.emplace_back(p.x / p.n, p.y / p.n);
+        for (const auto& [label, p] : panel.at(name)) xy.emplace_back(p.x / p.n, p.y / p.n);
         std::sort(xy.begin(), xy.end());
         plot::Series s;
         s.label = name;
         for (const auto& [x, y] : xy) s.x.push_back(x), s.y.push_back(y);
         list.push_back(s);
       }
-      bytes = plot::line_chart(file, axes, list);
+      return list;
+    };
+    if (by_nfe) {
+      axes.x_label = "function evaluations (NFE)";
+      axes.log_x = *nfes.rbegin() / std::max(1.0, *nfes.begin()) > 8;
+      if (hue_key.empty()) {
+        bytes = plot::line_chart(file, axes, series_of(points[""]));
+      } else {
+        // Columns: the values of the last panel key when they fill whole rows, else a near square.
+        const auto count = static_cast<int>(panel_order.size());
+        int columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
+        std::string last_panel_key;
+        for (const auto& k : plan.keys)
+          if (!on_axis(k) && k != hue_key) last_panel_key = k;
+        if (!last_panel_key.empty() && distinct.count(last_panel_key)) {
+          const auto values = static_cast<int>(distinct[last_panel_key].size());
+          if (values > 1 && values <= 6 && count % values == 0) columns = values;
+        }
+        std::vector<plot::Panel> panels;
+        for (const auto& name : panel_order) panels.push_back({name, series_of(points[name])});
+        bytes = plot::panel_chart(file, axes, panels, columns);
+      }
     } else {
       axes.x_label = "setting";
       std::vector<std::string> labels;
       std::vector<double> bars;
       for (const auto& name : order) {
-        const Point& p = points[name].begin()->second;
+        const Point& p = points[""][name].begin()->second;
         labels.push_back(name);
         bars.push_back(p.y / p.n);
       }

@@ -210,8 +210,16 @@ json metrics_json(const std::vector<MetricRecord>& metrics, const Logger& log) {
         floor = fmt::format("; floor {:.6f}", it->second);
         if (auto r = d.find("ratio"); r != d.end()) floor += fmt::format(", {:.2f}x the floor", r->second);
       }
-      log(fmt::format("eval: {} = {:.6f} ({}; {} generated vs {} reference samples{})", m.name,
-                      m.result.value, to_string(m.direction), m.generated_n, m.reference_n, floor));
+      // A metric that used fewer samples than it was given (max_points, nll's n) says so in
+      // details["n"]; one that knows its own spread reports details["standard_error"].
+      std::string used, spread;
+      if (auto it = d.find("n");
+          it != d.end() && it->second < static_cast<double>(std::max(m.generated_n, m.reference_n)))
+        used = fmt::format("; the metric used n = {}", static_cast<std::int64_t>(it->second));
+      if (auto it = d.find("standard_error"); it != d.end()) spread = fmt::format(" +- {:.6f}", it->second);
+      log(fmt::format("eval: {} = {:.6f}{} ({}; {} generated vs {} reference samples{}{})", m.name,
+                      m.result.value, spread, to_string(m.direction), m.generated_n, m.reference_n, used,
+                      floor));
     }
     values[m.name] = number(m.result.value);
     json extra = json::object();

@@ -42,6 +42,19 @@ PATHLINE_PLOT_API std::string pathlines(const std::filesystem::path& file, const
 PATHLINE_PLOT_API std::string line_chart(const std::filesystem::path& file, const Axes& axes,
                                          const std::vector<Series>& series);
 
+// Small multiples: one line chart per panel, on the same axes ranges, `columns` panels to a row;
+// series with the same label have the same colour in every panel and one legend beside the panels.
+// For sweeps with too many series for one chart (one panel per setting of the other keys).
+struct Panel {
+  std::string title;
+  std::vector<Series> series;
+};
+PATHLINE_PLOT_API std::string panel_chart(const std::filesystem::path& file, const Axes& axes,
+                                          const std::vector<Panel>& panels, int columns);
+
+// How many series a chart tells apart by colour (matplotlib's tab10 cycle); more repeat colours.
+inline constexpr int kDistinctColours = 10;
+
 // One bar per label, the value written above it.
 PATHLINE_PLOT_API std::string bar_chart(const std::filesystem::path& file, const Axes& axes,
                                         const std::vector<std::string>& labels,
