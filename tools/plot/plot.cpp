@@ -486,6 +486,20 @@ struct LegendEntry {
   bool white_edge = false;
 };
 
+constexpr double kLegendPad = 7, kLegendSwatch = 22, kLegendGap = 7, kLegendRow = kLegendSize * 1.55,
+                 kLegendInset = 8;
+
+// The size of the legend box of the labelled entries ({0, 0} when none has a label).
+std::pair<double, double> legend_size(cairo_t* cr, const std::vector<LegendEntry>& entries) {
+  double text_w = 0;
+  std::size_t rows = 0;
+  for (const auto& e : entries)
+    if (!e.label.empty()) text_w = std::max(text_w, measure(cr, e.label, kLegendSize).width), ++rows;
+  if (rows == 0) return {0, 0};
+  return {kLegendPad + kLegendSwatch + kLegendGap + text_w + kLegendPad,
+          kLegendPad + kLegendRow * static_cast<double>(rows) + kLegendPad - 3};
+}
+
 // The legend box in the corner of the plot area that covers the fewest of `points` (page
 // coordinates), as matplotlib's loc="best" does.
 void draw_legend(cairo_t* cr, const Frame& f, const std::vector<LegendEntry>& entries,
@@ -494,12 +508,9 @@ void draw_legend(cairo_t* cr, const Frame& f, const std::vector<LegendEntry>& en
   for (const auto& e : entries)
     if (!e.label.empty()) shown.push_back(&e);
   if (shown.empty()) return;
-  const double pad = 7, swatch = 22, gap = 7, row = kLegendSize * 1.55;
-  double text_w = 0;
-  for (const auto* e : shown) text_w = std::max(text_w, measure(cr, e->label, kLegendSize).width);
-  const double w = pad + swatch + gap + text_w + pad,
-               h = pad + row * static_cast<double>(shown.size()) + pad - 3;
-  const double inset = 8;
+  const double pad = kLegendPad, swatch = kLegendSwatch, gap = kLegendGap, row = kLegendRow;
+  const auto [w, h] = legend_size(cr, entries);
+  const double inset = kLegendInset;
   if (w + 2 * inset > f.right - f.left || h + 2 * inset > f.bottom - f.top) return;  // no room
   const std::pair<double, double> corners[4] = {{f.right - inset - w, f.top + inset},
                                                 {f.left + inset, f.top + inset},
@@ -887,13 +898,9 @@ std::string panel_chart(const fs::path& file, const Axes& axes, const std::vecto
       legend.push_back({s.label, kPalette[(labels.size() - 1) % kPaletteSize], s.lines, s.markers, 4.0});
     }
   }
-  // The legend's box beside the panels, sized as draw_legend sizes it.
-  double text_w = 0;
-  {
-    Figure probe(file, 10, 10);
-    for (const auto& e : legend) text_w = std::max(text_w, measure(probe.cr(), e.label, kLegendSize).width);
-  }
-  const double legend_w = text_w > 0 ? 7 + 22 + 7 + text_w + 7 + 2 * 8 + 8 : 0;
+  // The legend's box beside the panels (measured on a scratch picture: the figure's size depends on it).
+  const auto [box_w, box_h] = legend_size(Figure(file, 10, 10).cr(), legend);
+  const double legend_w = box_w > 0 ? box_w + 2 * kLegendInset + 8 : 0;
   // Every panel gets the same plot area: the axis labels are the figure's, once, beside the grid
   // (as matplotlib's supxlabel / supylabel), not the outer panels'.
   const double cell_w = 270, cell_h = 215, head = axes.title.empty() ? 8 : 44;
@@ -901,7 +908,7 @@ std::string panel_chart(const fs::path& file, const Axes& axes, const std::vecto
                below = axes.x_label.empty() ? 0 : kLabelSize + 18;
   const double grid_w = columns * cell_w, grid_h = rows * cell_h;
   const double width = left + grid_w + legend_w,
-               height = std::max(head + grid_h + below, head + 16 + kLegendSize * 1.55 * labels.size() + 30);
+               height = std::max(head + grid_h + below, head + box_h + 2 * kLegendInset);
   Figure figure(file, width, height);
   cairo_t* cr = figure.cr();
   draw_text(cr, left + grid_w / 2, 30, axes.title,

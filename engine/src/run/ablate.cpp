@@ -587,137 +587,139 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
   const double lo = *std::min_element(values.begin(), values.end()),
                hi = *std::max_element(values.begin(), values.end());
   axes.log_y = lo > 0 && hi / lo > 20;
+  // A series per setting of the keys other than the step count; a point per setting apart from
+  // the seed, its NFE and value averaged over the seeds (an adaptive solver's NFE varies).
+  // Legend labels are the values alone ("linear / velocity / euler"). With more series than
+  // colours, one key (the last swept with at most that many values) picks the colour and each
+  // setting of the others gets a panel of its own (small multiples, as seaborn's relplot).
+  struct Point {
+    double x = 0, y = 0;
+    int n = 0;
+  };
+  const bool by_nfe = nfes.size() > 1;
+  auto values_of = [](const std::vector<std::pair<std::string, std::string>>& settings) {
+    std::string text;
+    for (const auto& kv : settings) text += (text.empty() ? "" : " / ") + display(kv.second);
+    return text.empty() ? std::string("(base)") : text;
+  };
+  // The x axis is the cost: the step count and the time grid when they are swept; otherwise the
+  // solver itself (one Euler step against dopri5: a line per setting of the rest from one to the other).
+  const bool steps_swept = std::any_of(plan.keys.begin(), plan.keys.end(), [](const std::string& k) {
+    return k == "solver.steps" || k.rfind("time_grid.", 0) == 0;
+  });
+  auto on_axis = [&](const std::string& key) {
+    if (key == "run.seed") return true;
+    if (!by_nfe) return false;
+    if (key == "solver.steps" || key.rfind("time_grid.", 0) == 0) return true;
+    return !steps_swept && key.rfind("solver.", 0) == 0;
+  };
+  std::vector<const Row*> charted;
+  std::map<std::string, std::set<std::string>> distinct;  // key -> its values among charted rows
+  std::set<std::string> settings_seen;
+  for (const auto& r : rows) {
+    if (!r.ok || !r.metrics.count(metric) || !std::isfinite(r.metrics.at(metric))) continue;
+    if (by_nfe && !std::isfinite(r.nfe)) continue;
+    charted.push_back(&r);
+    std::vector<std::pair<std::string, std::string>> rest;
+    for (const auto& kv : r.variant->settings)
+      if (!on_axis(kv.first)) rest.push_back(kv), distinct[kv.first].insert(kv.second);
+    settings_seen.insert(values_of(rest));
+  }
+  std::string hue_key;  // "" : one chart, a series per setting
+  if (by_nfe && settings_seen.size() > static_cast<std::size_t>(plot::kDistinctColours) &&
+      distinct.size() >= 2)
+    for (const auto& k : plan.keys)
+      if (!on_axis(k) && distinct.count(k) && distinct[k].size() > 1 &&
+          distinct[k].size() <= static_cast<std::size_t>(plot::kDistinctColours))
+        hue_key = k;  // the last such key
+  std::vector<std::string> order, panel_order;
+  std::map<std::string, std::map<std::string, std::map<std::string, Point>>> points;  // panel, series, point
+  for (const Row* r : charted) {
+    std::vector<std::pair<std::string, std::string>> rest, panel, point;
+    std::string hue;
+    for (const auto& kv : r->variant->settings) {
+      if (kv.first == "run.seed") continue;
+      point.push_back(kv);
+      if (on_axis(kv.first)) continue;
+      rest.push_back(kv);
+      if (kv.first == hue_key)
+        hue = display(kv.second);
+      else
+        panel.push_back(kv);
+    }
+    const std::string panel_name = hue_key.empty() ? "" : values_of(panel);
+    const std::string name = hue_key.empty() ? values_of(rest) : hue;
+    if (!points.count(panel_name)) panel_order.push_back(panel_name);
+    if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+    Point& p = points[panel_name][name][label_of(point)];
+    p.x += by_nfe ? r->nfe : 0.0;
+    p.y += r->metrics.at(metric);
+    ++p.n;
+  }
+  std::string legend;
+  for (const auto& k : plan.keys)
+    if (!on_axis(k)) legend += (legend.empty() ? "" : " / ") + k;
+  if (hue_key.empty()) {
+    if (!legend.empty()) axes.title += "; " + legend;
+  } else {
+    std::string panel_keys;
+    for (const auto& k : plan.keys)
+      if (!on_axis(k) && k != hue_key) panel_keys += (panel_keys.empty() ? "" : " / ") + k;
+    axes.title += fmt::format("; panels: {}; colours: {}", panel_keys, hue_key);
+  }
+  auto series_of = [&](const std::map<std::string, std::map<std::string, Point>>& panel) {
+    std::vector<plot::Series> list;
+    for (const auto& name : order) {
+      if (!panel.count(name)) continue;
+      std::vector<std::pair<double, double>> xy;
+      for (const auto& [label, p] : panel.at(name)) xy.emplace_back(p.x / p.n, p.y / p.n);
+      std::sort(xy.begin(), xy.end());
+      plot::Series s;
+      s.label = name;
+      for (const auto& [x, y] : xy) s.x.push_back(x), s.y.push_back(y);
+      list.push_back(s);
+    }
+    return list;
+  };
+  // What to draw is settled once; each format draws it.
+  std::vector<plot::Panel> panels;  // one without a title: a single line chart
+  int columns = 1;
+  std::vector<std::string> bar_labels;
+  std::vector<double> bars;
+  if (by_nfe) {
+    axes.x_label = "function evaluations (NFE)";
+    axes.log_x = *nfes.rbegin() / std::max(1.0, *nfes.begin()) > 8;
+    for (const auto& name : panel_order) panels.push_back({name, series_of(points[name])});
+    if (!hue_key.empty()) {
+      // Columns: the values of the last panel key when they fill whole rows, else a near square.
+      const auto count = static_cast<int>(panel_order.size());
+      columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
+      std::string last_panel_key;
+      for (const auto& k : plan.keys)
+        if (!on_axis(k) && k != hue_key) last_panel_key = k;
+      if (!last_panel_key.empty() && distinct.count(last_panel_key)) {
+        const auto values = static_cast<int>(distinct[last_panel_key].size());
+        if (values > 1 && values <= 6 && count % values == 0) columns = values;
+      }
+    }
+  } else {
+    axes.x_label = "setting";
+    for (const auto& name : order) {
+      const Point& p = points[""][name].begin()->second;
+      bar_labels.push_back(name);
+      bars.push_back(p.y / p.n);
+    }
+  }
   for (const char* ext : {"png", "svg"}) {
     const fs::path file = dir / (std::string("results.") + ext);
-    std::string bytes;
-    // A series per setting of the keys other than the step count; a point per setting apart from
-    // the seed, its NFE and value averaged over the seeds (an adaptive solver's NFE varies).
-    // Legend labels are the values alone ("linear / velocity / euler"). With more series than
-    // colours, one key (the last swept with at most that many values) picks the colour and each
-    // setting of the others gets a panel of its own (small multiples, as seaborn's relplot).
-    struct Point {
-      double x = 0, y = 0;
-      int n = 0;
-    };
-    const bool by_nfe = nfes.size() > 1;
-    auto values_of = [](const std::vector<std::pair<std::string, std::string>>& settings) {
-      std::string text;
-      for (const auto& kv : settings) text += (text.empty() ? "" : " / ") + display(kv.second);
-      return text.empty() ? std::string("(base)") : text;
-    };
-    // The x axis is the cost: the step count and the time grid when they are swept; otherwise the
-    // solver itself (one Euler step against dopri5: a line per setting of the rest from one to the other).
-    const bool steps_swept = std::any_of(plan.keys.begin(), plan.keys.end(), [](const std::string& k) {
-      return k == "solver.steps" || k.rfind("time_grid.", 0) == 0;
-    });
-    auto on_axis = [&](const std::string& key) {
-      if (key == "run.seed") return true;
-      if (!by_nfe) return false;
-      if (key == "solver.steps" || key.rfind("time_grid.", 0) == 0) return true;
-      return !steps_swept && key.rfind("solver.", 0) == 0;
-    };
-    std::vector<const Row*> charted;
-    std::map<std::string, std::set<std::string>> distinct;  // key -> its values among charted rows
-    std::set<std::string> settings_seen;
-    for (const auto& r : rows) {
-      if (!r.ok || !r.metrics.count(metric) || !std::isfinite(r.metrics.at(metric))) continue;
-      if (by_nfe && !std::isfinite(r.nfe)) continue;
-      charted.push_back(&r);
-      std::vector<std::pair<std::string, std::string>> rest;
-      for (const auto& kv : r.variant->settings)
-        if (!on_axis(kv.first)) rest.push_back(kv), distinct[kv.first].insert(kv.second);
-      settings_seen.insert(values_of(rest));
-    }
-    std::string hue_key;  // "" : one chart, a series per setting
-    if (by_nfe && settings_seen.size() > static_cast<std::size_t>(plot::kDistinctColours) &&
-        distinct.size() >= 2)
-      for (const auto& k : plan.keys)
-        if (!on_axis(k) && distinct.count(k) && distinct[k].size() > 1 &&
-            distinct[k].size() <= static_cast<std::size_t>(plot::kDistinctColours))
-          hue_key = k;  // the last such key
-    std::vector<std::string> order, panel_order;
-    std::map<std::string, std::map<std::string, std::map<std::string, Point>>>
-        points;  // panel, series, point
-    for (const Row* r : charted) {
-      std::vector<std::pair<std::string, std::string>> rest, panel, point;
-      std::string hue;
-      for (const auto& kv : r->variant->settings) {
-        if (kv.first == "run.seed") continue;
-        point.push_back(kv);
-        if (on_axis(kv.first)) continue;
-        rest.push_back(kv);
-        if (kv.first == hue_key)
-          hue = display(kv.second);
-        else
-          panel.push_back(kv);
-      }
-      const std::string panel_name = hue_key.empty() ? "" : values_of(panel);
-      const std::string name = hue_key.empty() ? values_of(rest) : hue;
-      if (!points.count(panel_name)) panel_order.push_back(panel_name);
-      if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
-      Point& p = points[panel_name][name][label_of(point)];
-      p.x += by_nfe ? r->nfe : 0.0;
-      p.y += r->metrics.at(metric);
-      ++p.n;
-    }
-    std::string legend;
-    for (const auto& k : plan.keys)
-      if (!on_axis(k)) legend += (legend.empty() ? "" : " / ") + k;
-    axes.title = fmt::format("{} ({} is better){}", metric, lower_better.at(metric) ? "lower" : "higher",
-                             legend.empty() ? "" : "; " + legend);
-    if (!hue_key.empty()) {
-      std::string panel_keys;
-      for (const auto& k : plan.keys)
-        if (!on_axis(k) && k != hue_key) panel_keys += (panel_keys.empty() ? "" : " / ") + k;
-      axes.title = fmt::format("{} ({} is better); panels: {}; colours: {}", metric,
-                               lower_better.at(metric) ? "lower" : "higher", panel_keys, hue_key);
-    }
-    auto series_of = [&](const std::map<std::string, std::map<std::string, Point>>& panel) {
-      std::vector<plot::Series> list;
-      for (const auto& name : order) {
-        if (!panel.count(name)) continue;
-        std::vector<std::pair<double, double>> xy;
-        for (const auto& [label, p] : panel.at(name)) xy.emplace_back(p.x / p.n, p.y / p.n);
-        std::sort(xy.begin(), xy.end());
-        plot::Series s;
-        s.label = name;
-        for (const auto& [x, y] : xy) s.x.push_back(x), s.y.push_back(y);
-        list.push_back(s);
-      }
-      return list;
-    };
-    if (by_nfe) {
-      axes.x_label = "function evaluations (NFE)";
-      axes.log_x = *nfes.rbegin() / std::max(1.0, *nfes.begin()) > 8;
-      if (hue_key.empty()) {
-        bytes = plot::line_chart(file, axes, series_of(points[""]));
-      } else {
-        // Columns: the values of the last panel key when they fill whole rows, else a near square.
-        const auto count = static_cast<int>(panel_order.size());
-        int columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
-        std::string last_panel_key;
-        for (const auto& k : plan.keys)
-          if (!on_axis(k) && k != hue_key) last_panel_key = k;
-        if (!last_panel_key.empty() && distinct.count(last_panel_key)) {
-          const auto values = static_cast<int>(distinct[last_panel_key].size());
-          if (values > 1 && values <= 6 && count % values == 0) columns = values;
-        }
-        std::vector<plot::Panel> panels;
-        for (const auto& name : panel_order) panels.push_back({name, series_of(points[name])});
-        bytes = plot::panel_chart(file, axes, panels, columns);
-      }
-    } else {
-      axes.x_label = "setting";
-      std::vector<std::string> labels;
-      std::vector<double> bars;
-      for (const auto& name : order) {
-        const Point& p = points[""][name].begin()->second;
-        labels.push_back(name);
-        bars.push_back(p.y / p.n);
-      }
-      bytes = plot::bar_chart(file, axes, labels, bars);
-    }
-    write_file_atomic(file, bytes);
+    if (!by_nfe)
+      write_file_atomic(file, plot::bar_chart(file, axes, bar_labels, bars));
+    else if (hue_key.empty())
+      write_file_atomic(
+          file,
+          plot::line_chart(file, axes, panels.empty() ? std::vector<plot::Series>{} : panels.front().series));
+    else
+      write_file_atomic(file, plot::panel_chart(file, axes, panels, columns));
   }
   if (log)
     log("ablate: results in " + (dir / "results.md").string() + ", results.csv, results.png, results.svg");
