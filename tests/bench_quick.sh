@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The benchmarks at a tiny size (tools/bench/run.py --quick): every one runs and reports a ratio.
-# Skipped (exit 77) where Debian's python3-torch, the PyTorch side, is not installed.
+# Skipped (exit 77) where the Python given (the project's .venv) has no torch, the PyTorch side.
 set -euo pipefail
 pathline="$1"
 source_dir="$2"
-/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "python3-torch is not installed: skipped"; exit 77; }
+python="${3:-python3}"
+"$python" -c "import torch" 2>/dev/null || { echo "$python has no torch: skipped"; exit 77; }
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-/usr/bin/python3 "$source_dir/tools/bench/run.py" --quick --pathline "$pathline" --out "$out"
-/usr/bin/python3 - "$out/results.json" <<'PY'
+"$python" "$source_dir/tools/bench/run.py" --quick --pathline "$pathline" --out "$out"
+"$python" - "$out/results.json" <<'PY'
 import json, math, sys
 report = json.load(open(sys.argv[1]))
 names = [r["name"] for r in report["results"]]

@@ -52,14 +52,23 @@ libdir=$(dirname "$engine")
 for f in "$pathline" "$libdir/pathline/plugins/libpathline_solvers.so" "$libdir/pathline/plugins/libpathline_paths.so" \
   "$prefix/include/pathline/plugin.hpp" "$prefix/include/pathline/engine/host.hpp" \
   "$libdir/cmake/PathlineSDK/PathlineSDKConfig.cmake" "$libdir/cmake/PathlineSDK/PathlineSDKConfigVersion.cmake" \
-  "$libdir/cmake/PathlineSDK/PathlinePlugin.cmake" "$libdir/cmake/PathlineSDK/PathlineSDKTargets.cmake"; do
+  "$libdir/cmake/PathlineSDK/PathlinePlugin.cmake" "$libdir/cmake/PathlineSDK/PathlineSDKTargets.cmake" \
+  "$libdir/cmake/PathlineSDK/PathlineTorch.cmake"; do
   [[ -f $f ]] || fail "not installed: $f"
 done
 
-# The installed tree must not point back into the build or source tree.
-if grep -rlF -e "$build" -e "$source" "$libdir/cmake" "$prefix/include"; then fail "installed files name the build or source tree"; fi
+# The installed tree must not point back into the build or source tree, except where LibTorch
+# itself lives (the package finds it again, the binaries load it): tools/install-deps.sh puts it
+# into the source tree's .venv, whose site-packages also hold the CUDA libraries it loads.
+torch_dir=$(sed -n 's/^Torch_DIR:[A-Z]*=//p' "$build/CMakeCache.txt")
+[[ -d $torch_dir ]] || fail "no Torch_DIR in $build/CMakeCache.txt"
+torch_home=$(realpath "$torch_dir/../../../..")
+outside_torch() { sed "s|$torch_home[^;\" :]*||g" | grep -F -e "$build" -e "$source"; }
+if grep -rF -e "$build" -e "$source" "$libdir/cmake" "$prefix/include" | outside_torch; then
+  fail "installed files name the build or source tree"
+fi
 for binary in "$pathline" "$engine"; do
-  if readelf -d "$binary" | grep -E 'RPATH|RUNPATH' | grep -qF -e "$build" -e "$source"; then
+  if readelf -d "$binary" | grep -E 'RPATH|RUNPATH' | outside_torch >/dev/null; then
     fail "$binary has a run path into the build or source tree"
   fi
 done

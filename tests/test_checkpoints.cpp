@@ -517,7 +517,7 @@ TEST_F(Checkpoints, RunsWriteSafetensorsThatSampleAcceptsAndNumpyReads) {
       std::string::npos)
       << refused.err;
   // NumPy alone reads every tensor back bit-exactly (the format is checked in test_safetensors.cpp).
-  if (fs::exists("/usr/bin/python3")) {
+  if (const std::string python = testing::python_with({"numpy"}); !python.empty()) {
     const std::string script =
         "import json,struct,sys,numpy as np\n"
         "b=open(sys.argv[1],'rb').read();n=struct.unpack('<Q',b[:8])[0];h=json.loads(b[8:8+n]);h.pop('__"
@@ -525,7 +525,7 @@ TEST_F(Checkpoints, RunsWriteSafetensorsThatSampleAcceptsAndNumpyReads) {
         "w=h['net.0.weight'];a=np.frombuffer(b[8+n+w['data_offsets'][0]:8+n+w['data_offsets'][1]],'<f4')\n"
         "print(len(h), w['shape'], float(a.astype(np.float64).sum()).hex())\n";
     testing::write_text(path("read.py"), script);
-    const std::string cmd = "/usr/bin/python3 '" + path("read.py").string() + "' '" +
+    const std::string cmd = "'" + python + "' '" + path("read.py").string() + "' '" +
                             (ref / "model.safetensors").string() + "' > '" + path("py.txt").string() + "'";
     ASSERT_EQ(std::system(cmd.c_str()), 0);
     torch::Tensor w = tensors.front().second.to(torch::kFloat64);

@@ -69,6 +69,19 @@ TEST_P(BrokenPlugin, IsRefusedWithOneLineAndOthersStillLoad) {
   EXPECT_TRUE(second.load_file(fixture("fixture_good")));
 }
 
+// "2.15" of the host's LibTorch version, and the refusal of a plugin built against another minor
+// release (found: the plugin's version, quoted).
+std::string torch_minor() {
+  const std::string v = TORCH_VERSION;
+  return v.substr(0, v.find('.', v.find('.') + 1));
+}
+std::string torch_refusal(const std::string& found) {
+  return "expected LibTorch " + torch_minor() + ".x (the host's " + TORCH_VERSION +
+         "; the major and minor versions must match, as LibTorch keeps its C++ ABI only within a minor "
+         "release), found " +
+         found + " (plugin 'fixture-good'); rebuild it against LibTorch " + torch_minor();
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Fixtures, BrokenPlugin,
     ::testing::Values(
@@ -78,9 +91,9 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"fixture_wrong_abi", "abi-version",
                    "expected SDK ABI version " + std::to_string(PATHLINE_SDK_ABI_VERSION) +
                        ", found 999 (plugin 'fixture-good'); rebuild it against this SDK"},
-        BrokenCase{
-            "fixture_wrong_torch", "torch-version",
-            std::string("expected LibTorch ") + TORCH_VERSION + ", found '0.4.1' (plugin 'fixture-good')"},
+        BrokenCase{"fixture_wrong_torch", "torch-version", torch_refusal("'0.4.1'")},
+        BrokenCase{"fixture_longer_torch_minor", "torch-version",
+                   torch_refusal("'" + torch_minor() + "0.0'")},
         BrokenCase{"fixture_wrong_cxx_abi", "cxx-abi",
                    "expected _GLIBCXX_USE_CXX11_ABI=1, found 0 (plugin 'fixture-good')"},
         BrokenCase{"fixture_throws", "register",
@@ -113,13 +126,23 @@ TEST(PluginHost, DirectoryLoadKeepsGoingPastEveryBrokenPlugin) {
   Registry registry;
   PluginHost host(registry);
   host.load_directory(PATHLINE_FIXTURE_DIR);
-  // All broken fixtures fail; the good one loads (the twin sorts after it and fails).
+  // All broken fixtures fail; the good one loads (the twin and the good one built against another
+  // patch release of LibTorch sort after it and fail as twins).
   std::vector<std::string> stages;
   for (const auto& f : host.failures()) stages.push_back(f.stage);
-  EXPECT_EQ(host.failures().size(), 9u);
+  EXPECT_EQ(host.failures().size(), 11u);
   EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
   ASSERT_EQ(host.plugins().size(), 1u);
   EXPECT_EQ(host.plugins()[0]->name, "fixture-good");
+}
+
+TEST(PluginHost, PluginOfAnotherPatchReleaseOfTheSameLibTorchLoads) {
+  // Built with TORCH_VERSION = <host's major.minor>.99: the C++ ABI is the same.
+  Registry registry;
+  PluginHost host(registry);
+  ASSERT_TRUE(host.load_file(fixture("fixture_other_torch_patch")));
+  EXPECT_TRUE(host.failures().empty());
+  EXPECT_NE(registry.find(Kind::path, "fixture_path"), nullptr);
 }
 
 TEST(PluginHost, MissingDirectoryIsReported) {

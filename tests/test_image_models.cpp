@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "models-image/image_model.hpp"
 #include "support/support.hpp"
 
 namespace pathline {
@@ -55,13 +56,13 @@ void perturb(Model& model, double scale = 0.05) {
 class Bf16Autocast {
  public:
   Bf16Autocast() {
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
     at::autocast::increment_nesting();
   }
   ~Bf16Autocast() {
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_cpu_enabled(false);
+    at::autocast::set_autocast_enabled(at::kCPU, false);
   }
 };
 
@@ -365,8 +366,8 @@ std::pair<torch::Tensor, std::vector<torch::Tensor>> run_with_threads(Model& mod
 }
 
 TEST(ImageModels, AttentionGivesTheSameResultsOnOneThreadOrTwo) {
-  // On several threads the attention products split the batch between them (their own autograd
-  // node); on one they are LibTorch's bmm. Both must compute the same function and gradients.
+  // On several threads the fused attention and the products split the work between them; the
+  // results must be the same function and gradients as on one.
   for (const auto& [name, changes] : std::vector<std::pair<std::string, Overrides>>{
            {"unet", with(kSmallUnet, {{"attention_resolutions", ints({16, 8})}})}, {"dit", kSmallDit}}) {
     torch::manual_seed(2);
@@ -414,6 +415,71 @@ TEST(ImageModels, FollowTheModuleToDouble) {
     const auto twice = model->forward(x.to(torch::kDouble), t.to(torch::kDouble), {});
     EXPECT_EQ(twice.scalar_type(), torch::kDouble) << name;
     EXPECT_TRUE(torch::allclose(twice.to(torch::kFloat), single, 1e-4, 1e-5)) << name;
+  }
+}
+
+// The attention and GELU of LibTorch 1.13 days, spelled out: softmax(q k^T / sqrt(d)) v with the
+// softmax in float32, and 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))). The models now call
+// LibTorch's fused scaled_dot_product_attention and gelu(x, "tanh") instead.
+torch::Tensor explicit_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  auto weights = torch::matmul(q, k.transpose(-2, -1)).mul(scale).to(torch::kFloat).softmax(-1);
+  return torch::matmul(weights.to(v.scalar_type()), v);
+}
+torch::Tensor explicit_tanh_gelu(const torch::Tensor& x) {
+  auto xf = x.to(torch::kFloat);
+  auto inner = (xf + 0.044715 * xf.pow(3)) * std::sqrt(2.0 / 3.14159265358979323846);
+  return (0.5 * xf * (1 + inner.tanh())).to(x.scalar_type());
+}
+
+// Value and gradients of sum(w * f(inputs)) for a fixed random w, in float64.
+std::vector<torch::Tensor> value_and_gradients(
+    const std::function<torch::Tensor(std::vector<torch::Tensor>&)>& f,
+    const std::vector<torch::Tensor>& inputs, torch::ScalarType dtype) {
+  std::vector<torch::Tensor> leaves;
+  for (const auto& x : inputs) leaves.push_back(x.to(dtype).detach().requires_grad_(true));
+  auto y = f(leaves);
+  torch::manual_seed(17);
+  auto w = torch::randn(y.sizes(), torch::kDouble);
+  (y.to(torch::kDouble) * w).sum().backward();
+  std::vector<torch::Tensor> out = {y.detach().to(torch::kDouble)};
+  for (const auto& leaf : leaves) out.push_back(leaf.grad().to(torch::kDouble));
+  return out;
+}
+
+TEST(ImageModels, FusedAttentionAndGeluGiveTheExplicitFormulasResults) {
+  // Forward and every gradient, float32 and bfloat16, at the DiT's and the U-Net's shapes (T = 49
+  // tokens of d = 32 and 16, heads 4), against the formulas in float64 (float32: 1e-5 relative to
+  // the largest value; bfloat16, 8 bits of mantissa: 3e-2).
+  torch::manual_seed(3);
+  for (const auto& shape : std::vector<std::vector<std::int64_t>>{{3, 4, 49, 32}, {2, 4, 196, 16}}) {
+    const std::vector<torch::Tensor> qkv = {torch::randn(shape), torch::randn(shape), torch::randn(shape)};
+    const auto reference = value_and_gradients(
+        [](std::vector<torch::Tensor>& a) { return explicit_attention(a[0], a[1], a[2]); }, qkv,
+        torch::kDouble);
+    for (const auto& [dtype, tolerance] :
+         std::vector<std::pair<torch::ScalarType, double>>{{torch::kFloat, 1e-5}, {torch::kBFloat16, 3e-2}}) {
+      const auto fused = value_and_gradients(
+          [](std::vector<torch::Tensor>& a) { return models_image::attention(a[0], a[1], a[2]); }, qkv,
+          dtype);
+      for (std::size_t i = 0; i < reference.size(); ++i) {
+        const double scale = reference[i].abs().max().item<double>();
+        EXPECT_LE((fused[i] - reference[i]).abs().max().item<double>(), tolerance * scale)
+            << "attention " << c10::toString(dtype) << " shape " << c10::str(shape) << " output " << i;
+      }
+    }
+  }
+  const std::vector<torch::Tensor> x = {torch::randn({64, 512}) * 3};
+  const auto reference = value_and_gradients(
+      [](std::vector<torch::Tensor>& a) { return explicit_tanh_gelu(a[0]); }, x, torch::kDouble);
+  for (const auto& [dtype, tolerance] :
+       std::vector<std::pair<torch::ScalarType, double>>{{torch::kFloat, 1e-5}, {torch::kBFloat16, 3e-2}}) {
+    const auto fused = value_and_gradients(
+        [](std::vector<torch::Tensor>& a) { return models_image::tanh_gelu(a[0]); }, x, dtype);
+    for (std::size_t i = 0; i < reference.size(); ++i)
+      EXPECT_LE((fused[i] - reference[i]).abs().max().item<double>(),
+                tolerance * reference[i].abs().max().item<double>())
+          << "gelu " << c10::toString(dtype) << " output " << i;
   }
 }
 

@@ -313,16 +313,11 @@ TEST_F(IoTest, WritesReplaceFilesWholeAndLeaveNoTemporaries) {
   EXPECT_CONTAINS(input_error_of([&] { pathline::write_png(path("no/such/x.png"), image); }), "cannot write");
 }
 
-// The first Python with NumPy (the one on PATH, else the system's), or "".
-std::string python_with_numpy() {
-  for (const std::string candidate : {"python3", "/usr/bin/python3"})
-    if (std::system((candidate + " -c 'import numpy' >/dev/null 2>&1").c_str()) == 0) return candidate;
-  return "";
-}
+std::string python_with_numpy() { return pathline::testing::python_with({"numpy"}); }
 
 TEST_F(IoTest, NpyFilesLoadInNumpy) {
   const std::string python = python_with_numpy();
-  if (python.empty()) GTEST_SKIP() << "no python3 with numpy";
+  if (python.empty()) GTEST_SKIP() << pathline::testing::python() << " has no numpy";
   struct Case {
     torch::Tensor tensor;
     std::string expected;  // "dtype|shape|sum"
@@ -354,7 +349,7 @@ TEST_F(IoTest, NpyFilesLoadInNumpy) {
 
 TEST_F(IoTest, NpyReadsWhatNumpyWrites) {
   const std::string python = python_with_numpy();
-  if (python.empty()) GTEST_SKIP() << "no python3 with numpy";
+  if (python.empty()) GTEST_SKIP() << pathline::testing::python() << " has no numpy";
   const std::string script =
       "import numpy as np, sys\n"
       "d = sys.argv[1]\n"

@@ -603,10 +603,8 @@ print('ok')
 )PY";
 
 TEST_F(SafetensorsTest, NumpyReadsWhatCppWritesBitExactly) {
-  const std::string python = "/usr/bin/python3";
-  if (!fs::exists(python)) GTEST_SKIP() << "no " << python;
-  if (std::system((python + " -c 'import numpy' >/dev/null 2>&1").c_str()) != 0)
-    GTEST_SKIP() << python << " has no numpy";
+  const std::string python = pathline::testing::python_with({"numpy"});
+  if (python.empty()) GTEST_SKIP() << pathline::testing::python() << " has no numpy";
 
   const Named tensors = assorted_tensors();
   const std::map<std::string, std::string> metadata = {{"pathline.model", "dit"},

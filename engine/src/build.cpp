@@ -22,6 +22,33 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return text + "]";
 }
 
+bool cuda_visible() { return torch::cuda::is_available(); }
+
+std::string cuda_absence() {
+#if !defined(PATHLINE_TORCH_HAS_CUDA)
+  return fmt::format("this LibTorch {} was built without CUDA", TORCH_VERSION);
+#else
+  return fmt::format(
+      "this LibTorch {} has CUDA compiled in but finds no GPU (no NVIDIA driver, no device, or "
+      "CUDA_VISIBLE_DEVICES hides them)",
+      TORCH_VERSION);
+#endif
+}
+
+torch::Device run_device(const PipelineConfig& config) {
+  const std::string& name = config.table("run").string("device");
+  if (name == "cpu" || (name == "auto" && !cuda_visible())) return torch::Device(torch::kCPU);
+  if (!cuda_visible())
+    throw InputError(fmt::format("run.device = \"cuda\", but {}; use \"auto\" or \"cpu\"", cuda_absence()));
+  int index = 0;
+  if (const char* local = std::getenv("LOCAL_RANK"); local && *local) index = std::atoi(local);
+  const int count = static_cast<int>(torch::cuda::device_count());
+  if (index >= count)
+    throw InputError(fmt::format("run.device = \"{}\": this is local rank {}, but only {} GPU{} visible",
+                                 name, index, count, count == 1 ? " is" : "s are"));
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
 void apply_thread_setting(const PipelineConfig& config) {
   std::int64_t threads = config.table("run").integer("threads");
   if (threads <= 0) {
@@ -131,8 +158,7 @@ void check_labels(const PipelineConfig& config, const DataInfo& data, const std:
 Components build_components(const PipelineConfig& config, const Registry& registry) {
   Components c;
   BuildContext& ctx = c.context;
-  ctx.device = config.table("run").string("device") == "cuda" ? torch::Device(torch::kCUDA)
-                                                              : torch::Device(torch::kCPU);
+  ctx.device = run_device(config);
   ctx.seed = static_cast<std::uint64_t>(config.table("run").integer("seed"));
   // Parameter initialisation draws from LibTorch's global generator.
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));

@@ -151,13 +151,16 @@ struct Trained {
 
 // The classifier's logits or penultimate features of images [N, 1, 28, 28] in [-1, 1], a batch at a
 // time.
+// The classifier's features or logits of CPU images, computed on the device the net is on (the
+// run's: a GPU run judges its samples on the GPU), returned on the CPU.
 torch::Tensor classify(Classifier& net, const torch::Tensor& images, bool features) {
   c10::InferenceMode inference;
+  const torch::Device device = net->parameters().front().device();
   std::vector<torch::Tensor> outputs;
   for (std::int64_t i = 0; i < images.size(0); i += kEvalBatch) {
-    const torch::Tensor x = images.narrow(0, i, std::min(kEvalBatch, images.size(0) - i));
+    const torch::Tensor x = images.narrow(0, i, std::min(kEvalBatch, images.size(0) - i)).to(device);
     const torch::Tensor f = net->features(x);
-    outputs.push_back(features ? f : net->logits_of(f));
+    outputs.push_back((features ? f : net->logits_of(f)).to(torch::kCPU));
   }
   return outputs.empty() ? torch::empty({0, features ? kFeatures : fm::kNumClasses}) : torch::cat(outputs);
 }
@@ -317,7 +320,8 @@ Trained obtain_classifier(const std::string& who, const Settings& s) {
 // is built, so that `pathline validate` never trains) and the checks on the generated images.
 class FmnistMetric : public pathline::Metric {
  protected:
-  FmnistMetric(std::string who, const Params& p, const BuildContext& ctx) : who_(std::move(who)) {
+  FmnistMetric(std::string who, const Params& p, const BuildContext& ctx)
+      : who_(std::move(who)), device_(ctx.device) {
     settings_.root = p.string("root");
     settings_.cache_dir =
         p.string("cache_dir").empty() ? default_cache_dir(who_) : fs::path(p.string("cache_dir"));
@@ -339,7 +343,10 @@ class FmnistMetric : public pathline::Metric {
   fm::Reader reader() const { return {who_, "the metric's `root`"}; }
 
   Trained& classifier() {
-    if (!trained_) trained_ = obtain_classifier(who_, settings_);
+    if (!trained_) {
+      trained_ = obtain_classifier(who_, settings_);  // trained (and cached) on the CPU
+      trained_->net->to(device_);
+    }
     return *trained_;
   }
 
@@ -361,6 +368,7 @@ class FmnistMetric : public pathline::Metric {
   }
 
   std::string who_;
+  torch::Device device_;  // where the classifier judges: the run's device
   Settings settings_;
   std::optional<Trained> trained_;
 };

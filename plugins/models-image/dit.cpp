@@ -50,50 +50,6 @@ torch::Tensor modulate(const torch::Tensor& x, const torch::Tensor& shift, const
   return torch::addcmul(shift, x, scale + 1);
 }
 
-// GELU with the tanh approximation (Hendrycks & Gimpel 2016), DiT's MLP activation, for bfloat16
-// (and half) inputs, as under autocast. LibTorch 1.13's bfloat16 kernels for it (forward and
-// backward) took longer than the MLP's two matrix products around them; the same function from a
-// few vectorised float32 passes, with 0.5 (1 + tanh(z)) = sigmoid(2 z), takes a quarter of that:
-// gelu(x) = x sigmoid(x (c1 + c2 x^2)), c1 = 2 sqrt(2 / pi), c2 = 0.044715 c1.
-struct ReducedTanhGelu : torch::autograd::Function<ReducedTanhGelu> {
-  static constexpr double kC1 = 1.5957691216057308;
-  static constexpr double kC2 = 0.044715 * kC1;
-
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
-    auto xf = x.to(torch::kFloat32);
-    auto s = xf.square().mul_(kC2).add_(kC1).mul_(xf).sigmoid_();
-    ctx->save_for_backward({x, s});
-    return xf.mul_(s).to(x.scalar_type());
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    // d/dx x s(z(x)) = s + x s (1 - s) z'(x), with z' = c1 + 3 c2 x^2.
-    const auto saved = ctx->get_saved_variables();
-    const auto xf = saved[0].to(torch::kFloat32);
-    const torch::Tensor& s = saved[1];
-    auto grad = xf.square().mul_(3 * kC2).add_(kC1).mul_(xf).mul_(s - s.square()).add_(s);
-    return {grad.mul_(grads[0]).to(saved[0].scalar_type())};
-  }
-};
-
-torch::Tensor tanh_gelu(const torch::Tensor& x) {
-  if (x.is_cpu() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf))
-    return ReducedTanhGelu::apply(x);
-  return torch::gelu(x, "tanh");
-}
-
-// A Linear on tokens [B, T, D], computed as a 1x1 convolution of [B, D, T, 1], the channels-last
-// image that is the same memory: LibTorch 1.13 hands float32 Linear layers to the BLAS (OpenBLAS
-// here) and convolutions to oneDNN, which runs these shapes about twice as fast, forward and
-// backward (bfloat16 about a third faster). Same weights, same function; the output [B, T, out] is
-// contiguous.
-torch::Tensor token_linear(Linear& layer, const torch::Tensor& x) {
-  if (!x.is_cpu() || x.dim() != 3) return layer->forward(x);
-  auto image = x.contiguous().unsqueeze(2).permute({0, 3, 1, 2});
-  auto y = torch::conv2d(image, layer->weight.unsqueeze(-1).unsqueeze(-1), layer->bias);
-  return y.permute({0, 2, 3, 1}).squeeze(2);
-}
-
 torch::Tensor layer_norm(const torch::Tensor& x) {
   return torch::layer_norm(x, {x.size(-1)}, {}, {}, kLayerNormEps);
 }
@@ -118,24 +74,14 @@ class BlockImpl : public torch::nn::Module {
     auto mod = ada_->forward(c).unsqueeze(1).chunk(6, -1);  // each [B, 1, D]
     auto h = modulate(layer_norm(x), mod[0], mod[1]);
 
-    // [B, T, 3 D] -> [3, B heads, T, d]: one copy puts each head's q, k and v in contiguous batches.
-    auto qkv = token_linear(qkv_, h)
-                   .reshape({batch, tokens, 3, heads_, d})
-                   .permute({2, 0, 3, 1, 4})
-                   .reshape({3, batch * heads_, tokens, d});
-    // unbind, not three selects: its backward stacks the three gradients in one tensor.
+    // [B, T, 3 D] -> [3, B, heads, T, d]: features are q, k, v, each heads x d.
+    auto qkv = qkv_->forward(h).reshape({batch, tokens, 3, heads_, d}).permute({2, 0, 3, 1, 4});
     auto parts = qkv.unbind(0);
-    auto q = parts[0] * (1.0 / std::sqrt(static_cast<double>(d)));  // the scale on the smaller side
-    // LibTorch 1.13 has no fused attention: softmax(q k^T / sqrt(d)) v, per head, [B heads, T, T].
-    auto weights = attention_softmax(batched_product(q, parts[1].transpose(1, 2)));
-    auto attended = batched_product(weights, parts[2])
-                        .view({batch, heads_, tokens, d})
-                        .transpose(1, 2)
-                        .reshape({batch, tokens, hidden_});
-    auto y = torch::addcmul(x, mod[2], token_linear(proj_, attended));
+    auto attended = attention(parts[0], parts[1], parts[2]).transpose(1, 2).reshape({batch, tokens, hidden_});
+    auto y = torch::addcmul(x, mod[2], proj_->forward(attended));
 
     h = modulate(layer_norm(y), mod[3], mod[4]);
-    h = token_linear(fc2_, tanh_gelu(token_linear(fc1_, h)));
+    h = fc2_->forward(tanh_gelu(fc1_->forward(h)));
     return torch::addcmul(y, mod[5], h);
   }
 
@@ -228,7 +174,7 @@ class DiTModel : public Model {
     for (auto& block : blocks_) tokens = block->forward(tokens, c);
 
     auto mod = final_ada_->forward(c).unsqueeze(1).chunk(2, -1);
-    auto out = token_linear(final_, modulate(layer_norm(tokens), mod[0], mod[1]));  // [B, T, p p C]
+    auto out = final_->forward(modulate(layer_norm(tokens), mod[0], mod[1]));  // [B, T, p p C]
     // Unpatchify: token (r, s), feature (i, j, ch) -> pixel (ch, r p + i, s p + j).
     out = out.reshape({batch, rows_, cols_, patch_, patch_, channels})
               .permute({0, 5, 1, 3, 2, 4})

@@ -1,10 +1,7 @@
 // What the two image models of plugin "models-image" share: the sinusoidal time features, the
-// attention's batched products and softmax (faster than LibTorch 1.13's on CPU where it matters),
-// the checked class-embedding rows, the shape checks and the registration functions.
+// attention and the GELU, the checked class-embedding rows, the shape checks and the registration
+// functions.
 #pragma once
-
-#include <ATen/Parallel.h>
-#include <ATen/autocast_mode.h>
 
 #include <cstdint>
 #include <string>
@@ -42,80 +39,16 @@ class TimeFeatures {
   torch::Tensor phase_;  // [1, F]: F/2 zeros, then F/2 times pi/2
 };
 
-namespace detail {
-
-// a[i] @ b[i] for every i, the batch split into one contiguous chunk per thread. LibTorch 1.13's
-// float bmm loops over the batch on one thread and hands each small product to the BLAS, which
-// either runs it on one core (the U-Net's 49 x 16 x 49) or wakes every thread for a few
-// microseconds of work (the DiT's 196 x 32 x 196), hundreds of times per call; here each thread
-// runs its share of the batch, and the BLAS, called inside a parallel region, stays on its thread.
-inline torch::Tensor parallel_bmm(const torch::Tensor& a, const torch::Tensor& b) {
-  // Detached: the worker threads do not share the caller's autograd state, and nothing here is
-  // recorded anyway (BatchedProduct is the graph's node).
-  const auto a0 = a.detach(), b0 = b.detach();
-  auto out = torch::empty({a0.size(0), a0.size(1), b0.size(2)}, a0.options());
-  at::parallel_for(0, a0.size(0), 1, [&](std::int64_t begin, std::int64_t end) {
-    auto chunk = out.narrow(0, begin, end - begin);
-    at::bmm_out(chunk, a0.narrow(0, begin, end - begin), b0.narrow(0, begin, end - begin));
-  });
-  return out;
+// Multi-head attention softmax(q k^T / sqrt(d)) v over the tokens, q, k and v [B, heads, T, d]:
+// LibTorch's fused scaled_dot_product_attention (a flash-attention kernel on CPU and GPU, bfloat16
+// included), which never stores the [T, T] weights.
+inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return at::scaled_dot_product_attention(q, k, v);
 }
 
-struct BatchedProduct : torch::autograd::Function<BatchedProduct> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& a,
-                               const torch::Tensor& b) {
-    ctx->save_for_backward({a, b});
-    return parallel_bmm(a, b);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const torch::Tensor& a = saved[0];
-    const torch::Tensor& b = saved[1];
-    torch::Tensor grad_a, grad_b;
-    if (ctx->needs_input_grad(0)) grad_a = parallel_bmm(grads[0], b.transpose(1, 2));
-    if (ctx->needs_input_grad(1)) grad_b = parallel_bmm(a.transpose(1, 2), grads[0]);
-    return {grad_a, grad_b};
-  }
-};
-
-// softmax over the last dimension whose backward, for bfloat16 (and half), is three plain passes:
-// LibTorch 1.13's bfloat16 CPU softmax backward took longer than the DiT's attention products
-// around it. The forward is LibTorch's (fast in bfloat16 too).
-struct ReducedSoftmax : torch::autograd::Function<ReducedSoftmax> {
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x) {
-    auto p = at::_softmax(x, -1, false);
-    ctx->save_for_backward({p});
-    return p;
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    // d p_i / d x_j = p_i (delta_ij - p_j): grad_x = g p - p sum(g p), the sum accumulated in float.
-    const torch::Tensor p = ctx->get_saved_variables()[0];
-    auto gp = grads[0] * p;
-    auto sum = gp.sum(-1, /*keepdim=*/true, torch::kFloat).to(gp.scalar_type());
-    return {gp.addcmul_(p, sum, -1)};
-  }
-};
-
-}  // namespace detail
-
-// a @ b for batches of matrices, a [n, m, k] and b [n, k, p] (any strides): attention's two
-// products. In float32 without autocast, through detail::parallel_bmm, forward and backward; under
-// autocast (bfloat16 goes to oneDNN's batched matmul, which threads well) or on a GPU, plain bmm.
-inline torch::Tensor batched_product(const torch::Tensor& a, const torch::Tensor& b) {
-  if (a.is_cpu() && !at::autocast::is_cpu_enabled() && at::get_num_threads() > 1 &&
-      a.scalar_type() == b.scalar_type() && a.size(0) > 1)
-    return detail::BatchedProduct::apply(a, b);
-  return torch::bmm(a, b);
-}
-
-// softmax(x, -1), for attention weights; reduced precision (under autocast) through ReducedSoftmax.
-inline torch::Tensor attention_softmax(const torch::Tensor& x) {
-  if (x.is_cpu() && (x.scalar_type() == torch::kBFloat16 || x.scalar_type() == torch::kHalf))
-    return detail::ReducedSoftmax::apply(x);
-  return x.softmax(-1);
-}
+// GELU with the tanh approximation (Hendrycks & Gimpel 2016), DiT's MLP activation:
+// 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))).
+inline torch::Tensor tanh_gelu(const torch::Tensor& x) { return torch::gelu(x, "tanh"); }
 
 // The embedding rows of the batch's labels, checked: a label outside 0 .. num_classes - 1 (other
 // than the null label) is a caller's mistake, and the lookup would fail without saying why. The

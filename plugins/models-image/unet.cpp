@@ -94,9 +94,9 @@ class ResBlockImpl : public torch::nn::Module {
 TORCH_MODULE(ResBlock);
 
 // Multi-head self-attention over the H x W positions, plus the input: GroupNorm -> 1x1 conv to q, k,
-// v -> softmax(q^T k / sqrt(d)) per head -> 1x1 conv (zero). The channels of each head's q, k and v
-// are adjacent in the qkv output, so one view [B * heads, 3 d, H W] gives every head's three as
-// plain batched matrices, and the products read q^T and the transposed weights as strides.
+// v -> softmax(q k^T / sqrt(d)) v per head -> 1x1 conv (zero). Head h's query, key and value are
+// the qkv output's channels [3 d h, 3 d h + d), [3 d h + d, 3 d h + 2 d) and [3 d h + 2 d, 3 d (h + 1)),
+// and its output goes to channels [d h, d (h + 1)).
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(std::int64_t channels, std::int64_t heads) : channels_(channels), heads_(heads) {
@@ -108,13 +108,12 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x) {
     const std::int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
     const std::int64_t d = channels_ / heads_;
-    auto qkv = qkv_->forward(normalise(norm_, x)).reshape({batch * heads_, 3 * d, height * width});
-    // Each head's [d, T] query, key and value; the scale goes on q, the smaller side of q^T k.
-    auto q = qkv.narrow(1, 0, d) * (1.0 / std::sqrt(static_cast<double>(d)));
-    auto k = qkv.narrow(1, d, d), v = qkv.narrow(1, 2 * d, d);
-    auto weights = attention_softmax(batched_product(q.transpose(1, 2), k));  // [B heads, T, T]
-    auto out = batched_product(v, weights.transpose(1, 2)).reshape({batch, channels_, height, width});
-    return x + proj_->forward(out);
+    // [B, 3 C, H, W] -> [B, heads, T, 3 d]: each head's tokens, with its q, k and v side by side.
+    auto qkv =
+        qkv_->forward(normalise(norm_, x)).reshape({batch, heads_, 3 * d, height * width}).transpose(2, 3);
+    auto parts = qkv.chunk(3, -1);
+    auto out = attention(parts[0], parts[1], parts[2]);  // [B, heads, T, d]
+    return x + proj_->forward(out.transpose(2, 3).reshape({batch, channels_, height, width}));
   }
 
   static double macs(std::int64_t channels, std::int64_t tokens) {

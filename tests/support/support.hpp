@@ -9,6 +9,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "pathline/engine/host.hpp"
 
@@ -20,6 +21,16 @@ namespace pathline::testing {
 
 inline std::filesystem::path builtin_plugins() {
   return std::filesystem::path(PATHLINE_BINARY_DIR) / "lib" / "pathline" / "plugins";
+}
+// The Python of the project's virtual environment (tools/install-deps.sh: the pinned torch, NumPy
+// and the peers), as CMake found it; python3 where there is none.
+inline std::string python() { return PATHLINE_PYTHON; }
+// python() if it can import every module named (e.g. "numpy", "torchdiffeq"), else "".
+inline std::string python_with(const std::vector<std::string>& modules) {
+  std::string imports;
+  for (const auto& m : modules) imports += (imports.empty() ? "import " : ", ") + m;
+  const std::string command = "'" + python() + "' -c '" + imports + "' >/dev/null 2>&1";
+  return std::system(command.c_str()) == 0 ? python() : std::string();
 }
 inline std::filesystem::path fixture(const std::string& name) {
   return std::filesystem::path(PATHLINE_FIXTURE_DIR) / ("lib" + name + ".so");

@@ -386,10 +386,14 @@ int cmd_sample(const std::vector<std::string>& args) {
       "weights", po::value<std::string>(),
       "sample with this weights file: model.pt, model-ema.pt or a .safetensors file with the model's "
       "parameter "
-      "names (default: the run's EMA weights, or its raw ones)");
+      "names (default: the run's EMA weights, or its raw ones)")(
+      "noise", po::value<std::string>(),
+      "start from these source points: a .npy file [n, *data shape] of floats (n replaces sample.n); the "
+      "same points give the same samples");
   add_set_option(options);
   auto vm = parse("sample", args, options, single_positional("run"),
-                  "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR] [--weights FILE]");
+                  "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR] [--weights FILE] "
+                  "[--noise X0.npy]");
   if (!vm) return kOk;
   const std::string run = run_dir_argument(*vm);
   Session s;
@@ -398,7 +402,9 @@ int cmd_sample(const std::vector<std::string>& args) {
   if (vm->count("out")) out = (*vm)["out"].as<std::string>();
   std::optional<std::filesystem::path> weights;
   if (vm->count("weights")) weights = (*vm)["weights"].as<std::string>();
-  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights);
+  std::optional<std::filesystem::path> noise;
+  if (vm->count("noise")) noise = (*vm)["noise"].as<std::string>();
+  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights, noise);
   if (!dir.empty()) std::cout << dir.string() << "\n";  // ranks other than 0 write no run
   return kOk;
 }

@@ -10,6 +10,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "pathline/engine/build.hpp"
+
 namespace pathline {
 
 ConfigError::ConfigError(std::vector<std::string> problems)
@@ -78,7 +80,10 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
         ParamSpec::string("dir", "runs", "parent folder of run directories"),
         ParamSpec::integer("seed", 0, "seed of every random draw (data, noise, times, initialisation)")
             .at_least(0),
-        ParamSpec::choice("device", {"cpu", "cuda"}, "cpu", "where tensors live"),
+        ParamSpec::choice("device", {"auto", "cpu", "cuda"}, "auto",
+                          "where the model, its training and sampling run: auto = a CUDA GPU when one is "
+                          "visible, else the CPU; cuda = the GPU (of index LOCAL_RANK in a data-parallel "
+                          "run), an error without one"),
         ParamSpec::integer("threads", 0,
                            "intra-op threads; 0 uses every core of the machine (shared among the ranks a "
                            "data-parallel run starts on it)")
@@ -493,11 +498,10 @@ class Validator {
     }
 
     if (options_.check_device && config.engine.count("run") && config.engine["run"].contains("device") &&
-        config.engine["run"].string("device") == "cuda" && !torch::cuda::is_available()) {
+        config.engine["run"].string("device") == "cuda" && !cuda_visible()) {
       const toml::node* device = root.at_path("run.device").node();
       report("run", "device", device ? &device->source() : nullptr,
-             "run.device = \"cuda\", but CUDA is not available to this LibTorch build "
-             "(torch::cuda::is_available() is false); use \"cpu\"");
+             fmt::format("run.device = \"cuda\", but {}; use \"auto\" or \"cpu\"", cuda_absence()));
     }
 
     if (!problems_.empty()) {

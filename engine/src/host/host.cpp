@@ -1,5 +1,7 @@
 #include "pathline/engine/host.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
@@ -78,8 +80,16 @@ std::vector<boost::dll::shared_library>& kept_libraries() {
   return *libraries;
 }
 
+// "2.15" of "2.15.0" or "2.15.1+cu132": the part of a LibTorch version its C++ ABI is kept within
+// (patch releases of a minor release are ABI-compatible; minor releases are not).
+std::string major_minor(const std::string& version) {
+  const auto first = version.find('.');
+  if (first == std::string::npos) return version;
+  return version.substr(0, version.find_first_not_of("0123456789", first + 1));
+}
+
 std::string quoted_or_null(const char* text) {
-  return text ? "'" + std::string(text) + "'" : std::string("(null)");
+  return text ? fmt::format("'{}'", text) : std::string("(null)");
 }
 
 }  // namespace
@@ -132,10 +142,13 @@ bool PluginHost::load_file(const std::filesystem::path& file, const std::string&
                                                                : "no registration function"));
     return false;
   }
-  if (!descriptor.torch_version || std::strcmp(descriptor.torch_version, TORCH_VERSION) != 0) {
+  if (!descriptor.torch_version || major_minor(descriptor.torch_version) != major_minor(TORCH_VERSION)) {
     fail(canonical, "torch-version",
-         std::string("expected LibTorch ") + TORCH_VERSION + ", found " +
-             quoted_or_null(descriptor.torch_version) + " (plugin '" + descriptor.name + "')");
+         fmt::format("expected LibTorch {}.x (the host's {}; the major and minor versions must match, as "
+                     "LibTorch keeps its C++ ABI only within a minor release), found {} (plugin '{}'); "
+                     "rebuild it against LibTorch {}",
+                     major_minor(TORCH_VERSION), TORCH_VERSION, quoted_or_null(descriptor.torch_version),
+                     descriptor.name, major_minor(TORCH_VERSION)));
     return false;
   }
   if (descriptor.cxx11_abi != PATHLINE_CXX11_ABI) {

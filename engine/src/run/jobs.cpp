@@ -186,6 +186,17 @@ std::string describe_model(const PipelineConfig& config, const Components& c) {
   return text;
 }
 
+// Where the run computed: {"device": "cpu" | "cuda:0", "torch": "2.15.0", "threads": 2}.
+json platform_json(const Components& c) {
+  return {{"device", c.context.device.str()}, {"torch", TORCH_VERSION}, {"threads", at::get_num_threads()}};
+}
+
+// "device: cpu, 2 threads, LibTorch 2.15.0"
+std::string describe_platform(const Components& c) {
+  return fmt::format("device: {}, {} thread{}, LibTorch {}", c.context.device.str(), at::get_num_threads(),
+                     at::get_num_threads() == 1 ? "" : "s", TORCH_VERSION);
+}
+
 json train_json(const TrainResult& trained) {
   json j = {{"steps", trained.steps},
             {"resumed_from", trained.resumed_from},
@@ -235,7 +246,8 @@ json metrics_json(const std::vector<MetricRecord>& metrics, const Logger& log) {
 }
 
 // Samples with the config's solver, logs how, and describes it for summary.json / eval.json.
-SampleResult sample_logged(const PipelineConfig& config, Components& c, const Logger& log, json& sampling) {
+SampleResult sample_logged(const PipelineConfig& config, Components& c, const Logger& log, json& sampling,
+                           const torch::Tensor& noise = {}) {
   // Progress for runs of several batches: the live line, or a plain line at most every 10 seconds.
   double last_plain = 0.0;
   SampleProgress progress = [&](std::int64_t done, std::int64_t total, double seconds) {
@@ -250,8 +262,9 @@ SampleResult sample_logged(const PipelineConfig& config, Components& c, const Lo
       log(text);
     }
   };
-  const bool batches = config.table("sample").integer("n") > config.table("sample").integer("batch_size");
-  SampleResult s = sample(config, c, batches ? progress : SampleProgress());
+  const std::int64_t n = noise.defined() ? noise.size(0) : config.table("sample").integer("n");
+  const bool batches = n > config.table("sample").integer("batch_size");
+  SampleResult s = sample(config, c, batches ? progress : SampleProgress(), noise);
   if (log)
     log(fmt::format("sample: {} samples, solver {} {} from t = {} to {}{} ({} NFE) in {:.2f}s",
                     s.samples.size(0), config.component("solver").type,
@@ -279,14 +292,15 @@ SampleResult sample_logged(const PipelineConfig& config, Components& c, const Lo
 }
 
 void write_outputs(const PipelineConfig& config, Components& c, const fs::path& dir,
-                   const TrainResult* trained, const Logger& log) {
+                   const TrainResult* trained, const Logger& log, const torch::Tensor& noise = {}) {
   json sampling;
-  SampleResult s = sample_logged(config, c, log, sampling);
+  SampleResult s = sample_logged(config, c, log, sampling, noise);
   write_npy(dir / "samples.npy", s.samples);
   if (s.labels.defined()) write_npy(dir / "labels.npy", s.labels);
   json summary = metrics_json(evaluate(config, c, s.samples, s.labels), log);
   if (trained) summary["train"] = train_json(*trained);
   summary["sampling"] = sampling;
+  summary["platform"] = platform_json(c);
   write_pictures(config, c, dir, s);
   write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
 }
@@ -360,7 +374,8 @@ void finish_run(const PipelineConfig& config, Components& c, const fs::path& dir
   if (do_sample) {
     write_outputs(config, c, dir, &trained, log);
   } else {
-    write_file_atomic(dir / "summary.json", json{{"train", train_json(trained)}}.dump(2) + "\n");
+    write_file_atomic(dir / "summary.json",
+                      json{{"train", train_json(trained)}, {"platform", platform_json(c)}}.dump(2) + "\n");
   }
 }
 
@@ -375,8 +390,7 @@ std::unique_ptr<DataParallel> join_ranks(const PipelineConfig& config, const Log
   if (!world.distributed()) return nullptr;
   const auto timeout =
       std::chrono::milliseconds(static_cast<std::int64_t>(1000.0 * config.table("run").real("timeout")));
-  auto group =
-      std::make_unique<DataParallel>(world, timeout, torch::Device(config.table("run").string("device")));
+  auto group = std::make_unique<DataParallel>(world, timeout, run_device(config));
   if (log && world.rank == 0)
     log(fmt::format("data parallel: {} ranks ({} on this machine) through {}:{}", world.world_size,
                     world.local_world_size, world.master_addr, world.master_port));
@@ -401,6 +415,7 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   fs::path dir = create_run_dir(config, options.run_dir, options.overwrite);
   if (log) log("run directory: " + dir.string());
   if (log) log(describe_model(config, c));
+  if (log) log(describe_platform(c));
   write_file_atomic(dir / "config.toml", config.to_toml());
   write_file_atomic(dir / "job.json", json{{"command", options.do_sample ? "run" : "train"}}.dump(2) + "\n");
   TrainOptions train_options;
@@ -472,6 +487,7 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
   }
   if (log) log("run directory: " + run_dir.string());
   if (log) log(describe_model(config, c));
+  if (log) log(describe_platform(c));
   write_file_atomic(run_dir / "config.toml", config.to_toml());
   TrainOptions train_options;
   train_options.resume_from = checkpoint ? &*checkpoint : nullptr;
@@ -485,8 +501,18 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
 
 fs::path sample_job(const fs::path& run_dir, const Registry& registry,
                     const std::vector<std::string>& overrides, const std::optional<fs::path>& out_dir,
-                    const Logger& log, const std::optional<fs::path>& weights) {
+                    const Logger& log, const std::optional<fs::path>& weights,
+                    const std::optional<fs::path>& noise_file) {
   LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  torch::Tensor noise;
+  if (noise_file) {
+    noise = read_npy(*noise_file);
+    try {
+      check_noise(noise, run.components.data());
+    } catch (const InputError& e) {
+      throw InputError(noise_file->string() + ": " + e.what());
+    }
+  }
   std::error_code ec;
   fs::path dir;
   if (out_dir) {
@@ -503,7 +529,9 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
   if (log) log("sample directory: " + dir.string());
   log_weights(log, run.weights);
   write_file_atomic(dir / "config.toml", run.config.to_toml());
-  write_outputs(run.config, run.components, dir, nullptr, log);
+  if (noise.defined() && log)
+    log(fmt::format("sample: starting from the {} source points of {}", noise.size(0), noise_file->string()));
+  write_outputs(run.config, run.components, dir, nullptr, log, noise);
   return dir;
 }
 
@@ -566,6 +594,7 @@ fs::path eval_job(const fs::path& run_dir, const Registry& registry, const EvalO
   result["metrics"] = metrics["metrics"];
   result["metric_details"] = metrics["metric_details"];
   if (!run.weights.empty()) result["weights"] = run.weights;
+  result["platform"] = platform_json(c);
   const fs::path out = options.out ? *options.out : run_dir / "eval.json";
   write_file_atomic(out, result.dump(2) + "\n");
   return out;

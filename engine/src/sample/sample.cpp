@@ -85,9 +85,25 @@ torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data
   return values.index({torch::arange(n, torch::kInt64) % static_cast<std::int64_t>(cycle.size())});
 }
 
-SampleResult sample(const PipelineConfig& config, Components& c, const SampleProgress& progress) {
+void check_noise(const torch::Tensor& noise, const DataInfo& data) {
+  std::vector<std::int64_t> expected = data.shape;
+  expected.insert(expected.begin(), noise.dim() > 0 ? noise.size(0) : 0);
+  if (noise.sizes().vec() != expected || expected[0] == 0)
+    throw InputError(
+        fmt::format("the source points to start from are shaped {}; the data needs [n, {} with n >= 1",
+                    shape_text(noise.sizes().vec()), shape_text(data.shape).substr(1)));
+  if (!noise.is_floating_point())
+    throw InputError(fmt::format("the source points to start from must be floating point, not {}",
+                                 c10::toString(noise.scalar_type())));
+  if (!torch::isfinite(noise).all().item<bool>())
+    throw InputError("the source points to start from hold NaN or infinite values");
+}
+
+SampleResult sample(const PipelineConfig& config, Components& c, const SampleProgress& progress,
+                    const torch::Tensor& noise) {
   const Params& sp = config.table("sample");
-  const std::int64_t n = sp.integer("n");
+  const std::int64_t n = noise.defined() ? noise.size(0) : sp.integer("n");
+  if (noise.defined()) check_noise(noise, c.data());
   const std::int64_t batch = std::min(n, sp.integer("batch_size"));
   const std::int64_t traj_count = std::min(batch, sp.integer("trajectories"));
   at::Generator gen =
@@ -117,7 +133,9 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
   const auto start = std::chrono::steady_clock::now();
   for (std::int64_t done = 0; done < n; done += batch) {
     const std::int64_t size = std::min(batch, n - done);
-    torch::Tensor x0 = c.source->sample(size, gen).x.to(c.context.device);
+    torch::Tensor x0 = noise.defined()
+                           ? noise.narrow(0, done, size).to(c.context.device, torch::kFloat32, false, true)
+                           : c.source->sample(size, gen).x.to(c.context.device);
     if (prior_scale != 1.0) x0.mul_(prior_scale);
     field.set_labels(result.labels.defined() ? result.labels.narrow(0, done, size).to(c.context.device)
                                              : torch::Tensor());

@@ -161,8 +161,7 @@ fs::path CheckpointStore::save(std::int64_t step, const std::string& payload) {
   const std::string bytes = frame_checkpoint(step, payload);
   static const int fault = fault_checkpoint();
   if (++writes_ == fault) {
-    const fs::path tmp =
-        folder_ / ("." + file.filename().string() + ".tmp." + std::to_string(::getpid()) + ".0");
+    const fs::path tmp = folder_ / fmt::format(".{}.tmp.{}.0", file.filename().string(), ::getpid());
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd >= 0) {
       [[maybe_unused]] ssize_t n = ::write(fd, bytes.data(), bytes.size() / 2);

@@ -14,6 +14,8 @@
 #endif
 #if defined(PATHLINE_HAVE_NCCL)
 #define USE_C10D_NCCL 1
+#include <c10/cuda/CUDAFunctions.h>
+
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -37,7 +39,7 @@ int integer_variable(const char* name, int fallback, int lowest) {
 }
 
 // The first line of an exception's message.
-std::string first_line(const std::exception& e) {
+[[maybe_unused]] std::string first_line(const std::exception& e) {
   std::string what = e.what();
   if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) what = c10->what_without_backtrace();
   return what.substr(0, what.find('\n'));
@@ -78,8 +80,9 @@ bool distributed_available() {
 #if defined(PATHLINE_HAVE_GLOO)
 
 struct DataParallel::Impl {
+  torch::Device device = torch::kCPU;  // where the backend's tensors live (NCCL: this rank's GPU)
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> group;
+  c10::intrusive_ptr<c10d::Backend> group;                 // Gloo or NCCL, compiled into LibTorch
   std::vector<c10::intrusive_ptr<c10d::Work>> pending;     // start_sum's, until finish_sums
   std::deque<std::vector<torch::Tensor>> pending_tensors;  // stable addresses while growing
 };
@@ -87,6 +90,7 @@ struct DataParallel::Impl {
 DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds timeout,
                            const torch::Device& device)
     : world_(world), timeout_(timeout), impl_(std::make_unique<Impl>()) {
+  impl_->device = device;
   const std::string where = fmt::format("{}:{}", world.master_addr, world.master_port);
   try {
     c10d::TCPStoreOptions options;
@@ -103,14 +107,17 @@ DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds tim
   try {
     if (device.is_cuda()) {
 #if defined(PATHLINE_HAVE_NCCL)
+      // NCCL makes its communicator on the current GPU: this rank's own.
+      c10::cuda::set_device(device.index());
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = timeout;
       impl_->group =
           c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, world.rank, world.world_size, options);
 #else
       throw Error(
-          "this build has no NCCL backend for CUDA tensors (configure with -DPATHLINE_NCCL=ON against a "
-          "CUDA LibTorch)");
+          fmt::format("this build has no NCCL backend for CUDA tensors: LibTorch {} was built "
+                      "without NCCL, or CMake found no nccl.h",
+                      TORCH_VERSION));
 #endif
     } else {
       auto options = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -191,11 +198,14 @@ void DataParallel::finish_sums() {
 
 std::vector<torch::Tensor> DataParallel::all_gather(const torch::Tensor& tensor) {
   const auto start = Clock::now();
+  // NCCL gathers GPU tensors only: a CPU tensor (a generator's state) goes there and back.
+  const torch::Tensor input = tensor.to(impl_->device).contiguous();
   std::vector<std::vector<torch::Tensor>> outputs(1);
-  for (int r = 0; r < world_.world_size; ++r) outputs[0].push_back(torch::empty_like(tensor));
-  std::vector<torch::Tensor> inputs = {tensor.contiguous()};
+  for (int r = 0; r < world_.world_size; ++r) outputs[0].push_back(torch::empty_like(input));
+  std::vector<torch::Tensor> inputs = {input};
   auto work = impl_->group->allgather(outputs, inputs);
   finish([&] { work->wait(timeout_); }, "all-gather");
+  for (auto& out : outputs[0]) out = out.to(tensor.device());
   seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
   return outputs[0];
 }
@@ -212,8 +222,10 @@ struct DataParallel::Impl {};
 DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds timeout, const torch::Device&)
     : world_(world), timeout_(timeout) {
   throw Error(
-      "this build of Pathline cannot train across processes: it was built without c10d's Gloo backend "
-      "(install libgloo-dev and rebuild)");
+      fmt::format("this build of Pathline cannot train across processes: LibTorch {} has no c10d Gloo "
+                  "backend (USE_C10D_GLOO); build against a LibTorch with distributed support, such as "
+                  "pip's torch",
+                  TORCH_VERSION));
 }
 DataParallel::~DataParallel() = default;
 void DataParallel::broadcast(const std::vector<torch::Tensor>&) {}

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "../device.hpp"
 #include "../precision.hpp"
 #include "fused_kernels.hpp"
 #include "pathline/engine/checkpoint.hpp"
@@ -299,18 +300,19 @@ std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> Trainer::draw(at::Generat
   const torch::Device device = c_.context.device;
   Batch target = c_.dataset->sample(n, gen);
   Batch source = c_.source->sample(n, gen);
-  target.x = target.x.to(device);
-  source.x = source.x.to(device);
+  target.x = to_device(target.x, device);
+  source.x = to_device(source.x, device);
   std::tie(source, target) = c_.coupling->couple(std::move(source), std::move(target), gen);
-  torch::Tensor t = c_.time_sampler->sample(n, gen).to(device);
+  torch::Tensor t = to_device(c_.time_sampler->sample(n, gen), device);
   // Label dropout: the model also learns the unconditional field, which guidance needs.
   torch::Tensor labels;
   if (target.labels.defined()) {
-    labels = target.labels.to(device, torch::kInt64);
+    labels = target.labels.to(torch::kInt64);
     if (label_dropout_ > 0) {
       torch::Tensor drop = torch::rand({n}, gen) < label_dropout_;
-      labels = labels.masked_fill(drop.to(device), kNullLabel);
+      labels = labels.masked_fill(drop.to(labels.device()), kNullLabel);
     }
+    labels = to_device(labels, device);
   }
   return {std::move(source), std::move(target), std::move(t), std::move(labels)};
 }
@@ -423,6 +425,8 @@ void Trainer::gather_rank_states() {
   rank_states_.clear();
   rank_states_["generator.train"] = dp_->all_gather(gen_.get_state());
   rank_states_["generator.global"] = dp_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+  if (auto device_gen = device_generator(c_.context.device))
+    rank_states_["generator.device"] = dp_->all_gather(device_gen->get_state());
   for (const auto& [name, tensor] : c_.dataset->state())
     rank_states_["dataset." + name] = dp_->all_gather(tensor);
   for (const auto& [name, tensor] : c_.source->state())
@@ -594,6 +598,8 @@ void Trainer::save_state(torch::serialize::OutputArchive& archive) const {
   for (std::size_t i = 0; i < ema_.size(); ++i) archive.write("ema." + std::to_string(i), ema_[i]);
   archive.write("generator.train", gen_.get_state());
   archive.write("generator.global", at::detail::getDefaultCPUGenerator().get_state());
+  if (auto device_gen = device_generator(c_.context.device))
+    archive.write("generator.device", device_gen->get_state());
   write_state(archive, "dataset", c_.dataset->state());
   write_state(archive, "source", c_.source->state());
   if (!rank_states_.empty()) {
@@ -633,6 +639,10 @@ void Trainer::load_state(torch::serialize::InputArchive& archive) {
   archive.read("generator.global", state);
   at::Generator global = at::detail::getDefaultCPUGenerator();
   global.set_state(state);
+  // A GPU run's own generator; a checkpoint written on the CPU has none (the GPU's stays as seeded).
+  if (auto device_gen = device_generator(c_.context.device);
+      device_gen && archive.try_read("generator.device", state))
+    device_gen->set_state(state);
   c_.dataset->set_state(read_state(archive, "dataset"));
   c_.source->set_state(read_state(archive, "source"));
 
@@ -655,6 +665,9 @@ void Trainer::load_state(torch::serialize::InputArchive& archive) {
       at::Generator global = at::detail::getDefaultCPUGenerator();
       global.set_state(global_state);
     }
+    if (auto device_gen = device_generator(c_.context.device);
+        device_gen && archive.try_read(own + "generator.device", global_state))
+      device_gen->set_state(global_state);
     for (auto [prefix, dataset] :
          {std::pair<std::string, Dataset*>{"dataset.", c_.dataset.get()}, {"source.", c_.source.get()}}) {
       Dataset::State ranked = dataset->state();

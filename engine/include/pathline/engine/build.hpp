@@ -38,6 +38,15 @@ struct Components {
 // draws samples shaped like the data; labels asked for exist). Throws InputError naming the slot.
 PATHLINE_API Components build_components(const PipelineConfig& config, const Registry& registry);
 
+// The device [run] device names: "cpu"; "cuda", the GPU of index LOCAL_RANK in a data-parallel run
+// (else 0); "auto", that GPU when CUDA can see one, else the CPU.
+PATHLINE_API torch::Device run_device(const PipelineConfig& config);
+// Whether this process can run on a CUDA GPU: LibTorch has CUDA compiled in and sees a device.
+PATHLINE_API bool cuda_visible();
+// Why it cannot, in a few words for messages, e.g. "this LibTorch 2.15.0 has CUDA compiled in but
+// finds no GPU (CUDA_VISIBLE_DEVICES, the driver?)".
+PATHLINE_API std::string cuda_absence();
+
 // Sets LibTorch's intra-op threads from [run] threads (0: every core), and keep_freed_memory().
 PATHLINE_API void apply_thread_setting(const PipelineConfig& config);
 // Tells the C library to keep freed memory for reuse instead of returning it to the system after

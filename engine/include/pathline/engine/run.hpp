@@ -51,10 +51,13 @@ PATHLINE_API std::filesystem::path resume_job(const std::filesystem::path& run_d
 // `pathline sample RUN_DIR`: rebuilds the run's pipeline from its config.toml (with overrides),
 // loads its weights (or `weights`: a model.pt-style archive or a .safetensors file with the model's
 // parameter names), samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
+// `noise`: a .npy file of source points [n, *shape] to start from instead of drawing [sample] n of
+// them (reproducible sampling, comparisons with other integrators, inversion).
 PATHLINE_API std::filesystem::path sample_job(
     const std::filesystem::path& run_dir, const Registry& registry, const std::vector<std::string>& overrides,
     const std::optional<std::filesystem::path>& out_dir, const Logger& log,
-    const std::optional<std::filesystem::path>& weights = std::nullopt);
+    const std::optional<std::filesystem::path>& weights = std::nullopt,
+    const std::optional<std::filesystem::path>& noise = std::nullopt);
 
 // `pathline eval RUN_DIR`: the configured metrics of a run (with overrides) on its samples.npy (and
 // labels.npy), or on fresh samples when `fresh` or when the run has none (a train-only run), into

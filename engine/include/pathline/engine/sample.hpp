@@ -72,7 +72,11 @@ struct SampleResult {
 
 // Called after each batch with the samples done, the total and the seconds so far.
 using SampleProgress = std::function<void(std::int64_t done, std::int64_t total, double seconds)>;
+// Source points to start sampling from must be [n, *shape] with n >= 1, finite: InputError otherwise.
+PATHLINE_API void check_noise(const torch::Tensor& noise, const DataInfo& data);
+// `noise`, when given: the source points x0 to start from, [n, *shape] (n replaces [sample] n),
+// instead of drawing them from the [source]; the same points give the same samples.
 PATHLINE_API SampleResult sample(const PipelineConfig& config, Components& components,
-                                 const SampleProgress& progress = {});
+                                 const SampleProgress& progress = {}, const torch::Tensor& noise = {});
 
 }  // namespace pathline

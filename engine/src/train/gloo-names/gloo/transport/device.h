@@ -1,0 +1,3 @@
+// See names.h: the Gloo names LibTorch's ProcessGroupGloo.hpp needs.
+#pragma once
+#include "../names.h"
