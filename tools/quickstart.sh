@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh >/dev/null
 build="${PATHLINE_BUILD_DIR:-build}"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPATHLINE_BUILD_TESTS=ON >/dev/null
+source tools/configure.sh
+pathline_configure "$build" -DPATHLINE_BUILD_TESTS=ON
 cmake --build "$build" -j "$(nproc)" --target pathline
 "$build/bin/pathline" run configs/quickstart.toml "$@"

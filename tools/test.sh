@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 bash tools/install-deps.sh >/dev/null
 build="${PATHLINE_BUILD_DIR:-build}"
 jobs="$(nproc)"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPATHLINE_BUILD_TESTS=ON ${PATHLINE_CMAKE_ARGS:-} >/dev/null
+source tools/configure.sh
+pathline_configure "$build" -DPATHLINE_BUILD_TESTS=ON ${PATHLINE_CMAKE_ARGS:-}
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" --output-on-failure --no-tests=error -j "$jobs"
