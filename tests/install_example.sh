@@ -153,7 +153,7 @@ TOML
 "$pathline" run "$work/pipe.toml" --plugin-dir "$work/example" --run-dir "$work/run" >"$work/run.out" 2>"$work/run.err" ||
   { cat "$work/run.err"; fail "pathline run"; }
 [[ $(cat "$work/run.out") == "$work/run" ]] || fail "pathline run printed '$(cat "$work/run.out")', expected $work/run"
-for f in config.toml summary.json metrics.csv model.pt samples.npy samples.png; do
+for f in config.toml summary.json metrics.csv model.safetensors samples.npy samples.png; do
   [[ -s $work/run/$f ]] || fail "run directory lacks $f"
 done
 expect_in "$work/run/config.toml" 'type = "example_power"'

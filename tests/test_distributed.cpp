@@ -95,7 +95,7 @@ int wait_exit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-std::vector<torch::Tensor> run_weights(const fs::path& run, const std::string& file = "model.pt") {
+std::vector<torch::Tensor> run_weights(const fs::path& run, const std::string& file = "model-raw.safetensors") {
   PipelineConfig config = load_config(run / "config.toml", testing::builtin_registry());
   Components c = build_components(config, testing::builtin_registry());
   load_weights(*c.model, run / file);
@@ -182,7 +182,7 @@ TEST(Distributed, TwoRanksWithHalfTheBatchMatchOneProcessWithTheWholeBatch) {
     trainer.simulate_ranks(2);
     for (int k = 0; k < 12; ++k) trainer.step();
     auto distributed = run_weights(dir / "run");
-    auto ema = run_weights(dir / "run", "model-ema.pt");
+    auto ema = run_weights(dir / "run", "model.safetensors");
     auto params = c.model->parameters();
     ASSERT_EQ(distributed.size(), params.size());
     for (std::size_t i = 0; i < params.size(); ++i) {

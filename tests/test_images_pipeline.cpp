@@ -50,6 +50,31 @@ nlohmann::json summary_of(const std::filesystem::path& dir) {
   return nlohmann::json::parse(testing::read_text(dir / "summary.json"));
 }
 
+// Whether `picture` (grey) holds `grid` (grey) scaled up `scale` times by repetition, anywhere.
+bool contains_scaled(const Image& picture, const Image& grid, int scale) {
+  const int w = grid.width * scale, h = grid.height * scale;
+  auto at = [](const Image& im, int x, int y) { return im.pixels[static_cast<std::size_t>(y) * im.width + x]; };
+  for (int y0 = 0; y0 + h <= picture.height; ++y0)
+    for (int x0 = 0; x0 + w <= picture.width; ++x0) {
+      bool same = true;
+      for (int y = 0; y < grid.height && same; ++y)
+        for (int x = 0; x < grid.width && same; ++x)
+          for (int dy = 0; dy < scale && same; dy += scale - 1 > 0 ? scale - 1 : 1)
+            same = at(picture, x0 + x * scale, y0 + y * scale + dy) == at(grid, x, y);
+      if (same) return true;
+    }
+  return false;
+}
+
+// Dark pixels (text) in the columns left of `right`.
+int dark_pixels_left_of(const Image& picture, int right) {
+  int n = 0;
+  for (int y = 0; y < picture.height; ++y)
+    for (int x = 0; x < right && x < picture.width; ++x)
+      n += picture.pixels[static_cast<std::size_t>(y) * picture.width + x] < 100 ? 1 : 0;
+  return n;
+}
+
 TEST(ImagesPipeline, UnetRunWritesImageOutputs) {
   TempDir dir;
   run_job(tiny(kTinyUnet), testing::builtin_registry(), JobOptions{dir / "run", false, true}, nullptr);
@@ -69,19 +94,22 @@ TEST(ImagesPipeline, UnetRunWritesImageOutputs) {
     rows.push_back(torch::cat({mine, torch::full({10 - mine.size(0), 1, 28, 28}, -1.0)}));
   }
   Image expected = image_grid(torch::cat(rows), 10, -1.0, 1.0);
-  Image written = read_image(run / "samples.png");
-  EXPECT_EQ(written.width, expected.width);
-  EXPECT_EQ(written.height, expected.height);
-  ASSERT_EQ(written.channels, expected.channels);
-  EXPECT_EQ(written.pixels, expected.pixels);
+  Image written = read_image(run / "samples.png", 1);
+  // Drawn large, every pixel a square of whole screen pixels (nearest neighbour), beside the class
+  // names: the grid appears in the picture exactly, scaled up.
+  EXPECT_GE(written.width, 800);
+  const int scale = (800 + expected.width - 1) / expected.width;
+  EXPECT_TRUE(contains_scaled(written, expected, scale)) << "samples.png does not hold the sample grid x" << scale;
+  // Left of the grid, the ten class names: Fashion-MNIST's, in dark text on white.
+  EXPECT_GT(dark_pixels_left_of(written, written.width - expected.width * scale), 200);
 
-  // trajectories.png: 3 samples (rows) at the 3 times of a 2-step grid (columns).
-  Image frames = read_image(run / "trajectories.png");
+  // trajectories.png: 3 samples (rows) at the 3 times of a 2-step grid (columns), drawn large too.
+  Image frames = read_image(run / "trajectories.png", 1);
   Image three_by_three = image_grid(torch::zeros({9, 1, 28, 28}), 3, -1.0, 1.0);
-  EXPECT_EQ(frames.width, three_by_three.width);
-  EXPECT_EQ(frames.height, three_by_three.height);
+  EXPECT_GE(frames.width, 800);
+  EXPECT_GE(frames.height, three_by_three.height * (800 / three_by_three.width));
 
-  for (std::string f : {"model.pt", "model-ema.pt", "loss.png", "metrics.csv", "config.toml"})
+  for (std::string f : {"model.safetensors", "model-raw.safetensors", "loss.png", "metrics.csv", "config.toml"})
     EXPECT_TRUE(std::filesystem::exists(run / f)) << f;
   auto summary = summary_of(run);
   EXPECT_GT(summary["train"]["gflops"].get<double>(), 0.0);
@@ -107,8 +135,8 @@ TEST(ImagesPipeline, SamplingUsesTheEmaWeightsUnlessAskedNotTo) {
   // The EMA file holds other weights than the raw file.
   Components with_ema = build_components(tiny(kTinyUnet), registry);
   Components with_raw = build_components(tiny(kTinyUnet), registry);
-  load_weights(*with_ema.model, dir / "run/model-ema.pt");
-  load_weights(*with_raw.model, dir / "run/model.pt");
+  load_weights(*with_ema.model, dir / "run/model.safetensors");
+  load_weights(*with_raw.model, dir / "run/model-raw.safetensors");
   bool differs = false;
   auto pe = with_ema.model->parameters(), pr = with_raw.model->parameters();
   for (std::size_t i = 0; i < pe.size(); ++i) differs = differs || !torch::equal(pe[i], pr[i]);
@@ -119,8 +147,8 @@ TEST(ImagesPipeline, NoEmaWritesOnlyTheRawWeights) {
   TempDir dir;
   run_job(tiny(kTinyUnet, {"train.ema_decay=0", "train.steps=2"}), testing::builtin_registry(),
           JobOptions{dir / "run", false, false}, nullptr);
-  EXPECT_TRUE(std::filesystem::exists(dir / "run/model.pt"));
-  EXPECT_FALSE(std::filesystem::exists(dir / "run/model-ema.pt"));
+  EXPECT_TRUE(std::filesystem::exists(dir / "run/model.safetensors"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "run/model-raw.safetensors"));
 }
 
 TEST(ImagesPipeline, DitTrainsAndSamplesInBfloat16) {

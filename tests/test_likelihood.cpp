@@ -218,7 +218,7 @@ TEST(Likelihood, TrainedCheckerboardNearItsEntropyAndNormalized) {
   // shows here as a factor far from 1.
   PipelineConfig saved = load_config(dir / "run/config.toml", registry, {});
   Components c = build_components(saved, registry);
-  load_weights(*c.model, dir / "run/model-ema.pt");
+  load_weights(*c.model, dir / "run/model.safetensors");
   c.model->eval();
   ModelField field(*c.model, *c.path, *c.parameterization, 2);
   const double h = 0.6;  // cells of 0.6 x 0.6 over [-6, 6]^2; the data lies in [-4.45, 4.45]^2

@@ -288,20 +288,16 @@ TEST(TrainStep, SavedStateContinuesExactly) {
   Components first = build_components(config, testing::builtin_registry());
   Trainer before(config, first);
   for (int k = 0; k < 3; ++k) EXPECT_EQ(before.step().item<double>(), losses[k]);
-  torch::serialize::OutputArchive out;
+  NamedState out;
   before.save_state(out);
-  std::ostringstream bytes;
-  out.save_to(bytes);
+  const std::string bytes = out.encode("state");
 
   PipelineConfig other_seed =
       config_for("", {"train.batch_size=32", "train.ema_decay=0.9", "train.steps=8",
                       "train.lr_schedule=cosine", "train.warmup_steps=2", "run.seed=5"});
   Components second = build_components(other_seed, testing::builtin_registry());
   Trainer after(config, second);
-  std::istringstream in(bytes.str());
-  torch::serialize::InputArchive archive;
-  archive.load_from(in);
-  after.load_state(archive);
+  after.load_state(NamedState::decode(bytes, "state"), "state");
   EXPECT_EQ(after.steps_done(), 3);
   for (int k = 3; k < 8; ++k) EXPECT_EQ(after.step().item<double>(), losses[k]) << "step " << k;
   straight.copy_sampling_weights_to_model();

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "pathline/engine/random.hpp"
+#include "pathline/engine/sample.hpp"
 
 namespace pathline {
 
@@ -125,8 +126,12 @@ std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry&
   ctx.slot = cc.slot;
   try {
     return registry.create<Interface>(cc.type, cc.params, ctx);
+  } catch (const ConfigError&) {
+    throw;
   } catch (const InputError& e) {
-    throw InputError(fmt::format("[{}] (type '{}'): {}", cc.slot, cc.type, e.what()));
+    // The component refused its parameters (a check across keys, or against the data): a config
+    // problem, reported where the component is named.
+    throw ConfigError({fmt::format("{}: [{}] (type '{}'): {}", cc.where, cc.slot, cc.type, e.what())});
   }
 }
 
@@ -134,23 +139,26 @@ void check_labels(const PipelineConfig& config, const DataInfo& data, const std:
   const Params& sp = config.table("sample");
   const double guidance = sp.real("guidance_scale");
   const auto& labels = sp.int_list("labels");
+  auto problem = [&](const std::string& key, const std::string& message) {
+    return ConfigError({config.position_of(key) + ": " + message});
+  };
   if (!data.labelled()) {
     if (guidance != 1.0)
-      throw InputError(
-          fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
-                      "set guidance_scale = 1 or use a labelled data set",
-                      guidance, dataset_type));
+      throw problem("sample.guidance_scale",
+                    fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
+                                "set guidance_scale = 1 or use a labelled data set",
+                                guidance, dataset_type));
     if (!labels.empty())
-      throw InputError(
-          fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
+      throw problem("sample.labels",
+                    fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
     return;
   }
   for (std::int64_t label : labels)
     if (label != kNullLabel && (label < 0 || label >= data.num_classes))
-      throw InputError(
-          fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
-                      "unconditional samples)",
-                      label, dataset_type, data.num_classes - 1));
+      throw problem("sample.labels",
+                    fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
+                                "unconditional samples)",
+                                label, dataset_type, data.num_classes - 1));
 }
 
 }  // namespace
@@ -168,16 +176,17 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   ctx.data = c.dataset->info();
   ctx.dataset = c.dataset;
   if (ctx.data.shape.empty())
-    throw InputError(fmt::format("[dataset] (type '{}'): it reports an empty sample shape", dataset.type));
+    throw ConfigError(
+        {fmt::format("{}: [dataset] (type '{}'): it reports an empty sample shape", dataset.where, dataset.type)});
   check_labels(config, ctx.data, dataset.type);
 
   const ComponentConfig& source = config.component("source");
   c.source = build_slot<Dataset>(source, registry, ctx);
   if (auto shape = c.source->info().shape; shape != ctx.data.shape)
-    throw InputError(
-        fmt::format("[source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
-                    "a flow maps between spaces of the same shape",
-                    source.type, shape_text(shape), dataset.type, shape_text(ctx.data.shape)));
+    throw ConfigError({fmt::format(
+        "{}: [source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
+        "a flow maps between spaces of the same shape",
+        source.where, source.type, shape_text(shape), dataset.type, shape_text(ctx.data.shape))});
 
   c.path = build_slot<Path>(config.component("path"), registry, ctx);
   ctx.path = c.path;
@@ -193,6 +202,19 @@ Components build_components(const PipelineConfig& config, const Registry& regist
     c.metrics.push_back({m.name, m.type, m.entry.integer("samples"), build_slot<Metric>(m, registry, ctx)});
   ctx.slot.clear();
   return c;
+}
+
+void check_pipeline(const PipelineConfig& config, const Registry& registry) {
+  Components c = build_components(config, registry);
+  try {
+    const SamplingInterval interval = sampling_interval(config, c);
+    solver_times(c, interval.t_start, interval.t_end);
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const InputError& e) {
+    // The sampling interval and the grid come from [sample], [solver] and [time_grid] together.
+    throw ConfigError({fmt::format("{}: {}", config.component("solver").where, e.what())});
+  }
 }
 
 }  // namespace pathline

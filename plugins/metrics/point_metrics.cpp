@@ -90,7 +90,8 @@ class Wasserstein : public pathline::Metric {
     const torch::Tensor rows = torch::tensor(row_of_col, torch::kLong);
     const double mean_squared = (x.index_select(0, rows) - y).square_().sum(1).mean().item<double>();
     return {squared_ ? mean_squared : std::sqrt(mean_squared),
-            {{"n", static_cast<double>(n)}, {"mean_squared_cost", mean_squared}}};
+            {{"n", static_cast<double>(n)}, {"mean_squared_cost", mean_squared}},
+            squared_ ? "W2 squared" : "W2"};
   }
 
  private:
@@ -131,7 +132,8 @@ class SlicedWasserstein : public pathline::Metric {
     const torch::Tensor squared = squared_w2_1d(sx, sy);        // [P]
     return {std::sqrt(squared.mean().item<double>()),
             {{"projections", static_cast<double>(projections_)},
-             {"max_projection_w2", std::sqrt(squared.max().item<double>())}}};
+             {"max_projection_w2", std::sqrt(squared.max().item<double>())}},
+            "sliced W2"};
   }
 
  private:

@@ -165,8 +165,8 @@ void register_paths(pathline::Registrar& registrar) {
            .greater_than(0.0)}});
   registrar.add_type<Path, PolynomialPath>(ComponentDecl{
       "polynomial",
-      "x_t = t^n x1 + (1 - t^n) x0 (n = 1: linear; n > 1 lingers near noise)",
-      {ParamSpec::real("exponent", 2.0, "the power n of alpha_t = t^n").greater_than(0.0).at_most(16.0)}});
+      "x_t = t^exponent x1 + (1 - t^exponent) x0 (exponent 1: linear; above 1 it lingers near noise)",
+      {ParamSpec::real("exponent", 2.0, "the exponent of alpha_t = t^exponent").greater_than(0.0).at_most(16.0)}});
 }
 
 }  // namespace

@@ -34,6 +34,7 @@ class DpmPp2mSolver : public Solver {
   DpmPp2mSolver(const Params& p, const BuildContext&) : steps_(p.integer("steps")) {}
 
   std::int64_t grid_steps() const override { return steps_; }
+  std::vector<Quantity> quantities() const override { return {Quantity::data}; }
 
   torch::Tensor solve(VectorField& field, torch::Tensor x, const SolveRequest& req) override {
     x = x.clone();

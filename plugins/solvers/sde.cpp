@@ -35,6 +35,8 @@ class EulerMaruyamaSolver : public Solver {
   }
 
   std::int64_t grid_steps() const override { return steps_; }
+  // The velocity, and from it x0_hat for the score term.
+  std::vector<Quantity> quantities() const override { return {Quantity::velocity, Quantity::noise}; }
 
   torch::Tensor solve(VectorField& field, torch::Tensor x, const SolveRequest& req) override {
     if (!req.generator)

@@ -211,19 +211,50 @@ void print_params(const std::vector<ParamSpec>& specs) {
   }
 }
 
+// The [ablation] table, for `pathline ablate --help` and `pathline inspect ablation`.
+constexpr const char* kAblationHelp = R"([ablation] (read by 'pathline ablate'; other commands run the base pipeline)
+
+Every key is a config key in quotes, as --set writes it, with the list of values to try:
+  "<slot>.type"          a component type per variant; "*" = every registered one of that kind
+  "<slot>.<parameter>"   a component parameter ("solver.steps", "model.width")
+  "<table>.<key>"        an engine key ("train.lr", "sample.n", "run.seed" for repeats over seeds)
+  "metric[<i>].<key>"    a key of one [[metric]] entry
+A single value (not a list) sets the key for every variant.
+  mode = "grid"          every combination (the default); "zip": all keys move in step
+  [ablation.NAME]        a group: its keys move together (its own mode, default "zip"), one axis
+A key that is a parameter of some variants' components only (solver.steps beside dopri5) is dropped
+where it does not apply, with a note; a key no variant's component has, or an unknown table, is an
+error. Quote dotted keys: unquoted, TOML reads solver.type = [...] as a table [ablation.solver].
+
+Example:
+  [ablation]
+  "path.type" = ["linear", "cosine"]
+  "run.seed" = [0, 1, 2]
+  [ablation.budget]
+  "solver.type" = ["euler", "midpoint"]
+  "solver.steps" = [8, 4]
+
+Results: <run.dir>/<config stem>-ablation/results.csv, results.md, results.png and results.svg
+(docs/ablations.md).
+)";
+
 int cmd_inspect(const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("what", po::value<std::vector<std::string>>(),
                         "KIND NAME, KIND.NAME or an engine table");
   po::positional_options_description positional;
   positional.add("what", -1);
-  auto vm = parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval");
+  auto vm = parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval|ablation");
   if (!vm) return kOk;
   std::vector<std::string> what =
       vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (what.size() == 1 && what[0].find('.') != std::string::npos) {
     auto dot = what[0].find('.');
     what = {what[0].substr(0, dot), what[0].substr(dot + 1)};
+  }
+  if (what.size() == 1 && what[0] == "ablation") {
+    std::cout << kAblationHelp;
+    return kOk;
   }
   if (what.size() == 1 &&
       std::find(kEngineTables.begin(), kEngineTables.end(), what[0]) != kEngineTables.end()) {
@@ -232,7 +263,9 @@ int cmd_inspect(const std::vector<std::string>& args) {
     return kOk;
   }
   if (what.size() != 2)
-    throw UsageError("expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME or an engine table");
+    throw UsageError(
+        "expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME, an engine table (run, train, sample, eval) "
+        "or ablation");
   auto kind = kind_from_string(what[0]);
   // A slot's name works too: `inspect source gaussian` is `inspect dataset gaussian`.
   if (!kind)
@@ -290,6 +323,9 @@ int cmd_validate(const std::vector<std::string>& args) {
   const std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
   PipelineConfig config = s.load_pipeline(*vm, file);
   print_notes(config);
+  // Builds every component (no training): their own checks across keys and against the data, the
+  // labels asked for, the sampling interval.
+  check_pipeline(config, s.registry);
   if (vm->count("print")) std::cout << config.to_toml();
   std::cerr << file << ": valid\n";
   return kOk;
@@ -337,7 +373,10 @@ int cmd_ablate(const std::vector<std::string>& args) {
   add_set_option(options);
   auto vm = parse("ablate", args, options, single_positional("config"),
                   "CONFIG [--jobs N] [--out DIR] [--set key=value ...] [--dry-run]");
-  if (!vm) return kOk;
+  if (!vm) {
+    std::cout << "\n" << kAblationHelp;
+    return kOk;
+  }
   std::string file =
       required_positional(*vm, "config", "CONFIG (a pipeline TOML file with an [ablation] table)");
   const int jobs = (*vm)["jobs"].as<int>();
@@ -384,9 +423,9 @@ int cmd_sample(const std::vector<std::string>& args) {
                         "a run directory made by 'pathline run' or 'pathline train'")(
       "out", po::value<std::string>(), "write here (default: a new RUN_DIR/sample-<solver>)")(
       "weights", po::value<std::string>(),
-      "sample with this weights file: model.pt, model-ema.pt or a .safetensors file with the model's "
-      "parameter "
-      "names (default: the run's EMA weights, or its raw ones)")(
+      "sample with this weights file: a .safetensors file with the model's parameter names (the run's "
+      "model-raw.safetensors, another run's, or another tool's), or an older run's model.pt or "
+      "model-ema.pt (default: the run's model.safetensors, its EMA weights when it kept them)")(
       "noise", po::value<std::string>(),
       "start from these source points: a .npy file [n, *data shape] of floats (n replaces sample.n); the "
       "same points give the same samples");

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -797,10 +798,19 @@ void add_ranges(const fs::path& file, const Axes& axes, const std::vector<Series
     if (s.x.size() != s.y.size())
       fail(file, "series '" + s.label + "' has " + std::to_string(s.x.size()) + " x values and " +
                      std::to_string(s.y.size()) + " y values (they must pair up)");
+    if (!s.error.empty() && s.error.size() != s.y.size())
+      fail(file, "series '" + s.label + "' has " + std::to_string(s.error.size()) + " error bars for " +
+                     std::to_string(s.y.size()) + " points");
     for (std::size_t i = 0; i < s.x.size(); ++i) {
       const bool ok_x = std::isfinite(s.x[i]) && (!axes.log_x || s.x[i] > 0);
       const bool ok_y = std::isfinite(s.y[i]) && (!axes.log_y || s.y[i] > 0);
-      if (ok_x && ok_y) x.add(s.x[i]), y.add(s.y[i]);
+      if (!(ok_x && ok_y)) continue;
+      x.add(s.x[i]), y.add(s.y[i]);
+      const double e = s.error.empty() ? 0.0 : s.error[i];
+      if (std::isfinite(e) && e > 0) {
+        y.add(s.y[i] + e);
+        if (!axes.log_y || s.y[i] - e > 0) y.add(s.y[i] - e);
+      }
     }
   }
 }
@@ -826,6 +836,23 @@ std::vector<LegendEntry> draw_series(cairo_t* cr, const Frame& f, const std::vec
       } else {
         points.emplace_back(std::nan(""), std::nan(""));
       }
+    }
+    if (!s.error.empty()) {
+      // Error bars: a vertical line from y - e to y + e with short caps (on a log axis the lower
+      // end is cut at the frame where y - e <= 0).
+      for (std::size_t i = 0; i < s.x.size(); ++i) {
+        const double e = s.error[i];
+        if (std::isnan(points[i].first) || !std::isfinite(e) || e <= 0) continue;
+        const double px = points[i].first;
+        const double top = std::clamp(f.y.map(s.y[i] + e), -1e5, 1e5);
+        const double low = f.y.valid(s.y[i] - e) ? std::clamp(f.y.map(s.y[i] - e), -1e5, 1e5) : f.bottom + 5;
+        cairo_move_to(cr, px, low), cairo_line_to(cr, px, top);
+        cairo_move_to(cr, px - 3, top), cairo_line_to(cr, px + 3, top);
+        cairo_move_to(cr, px - 3, low), cairo_line_to(cr, px + 3, low);
+      }
+      set_colour(cr, colour, 0.75);
+      cairo_set_line_width(cr, 1.1);
+      cairo_stroke(cr);
     }
     if (s.lines) {
       bool drawing = false;
@@ -951,17 +978,28 @@ std::string panel_chart(const fs::path& file, const Axes& axes, const std::vecto
 }
 
 std::string bar_chart(const fs::path& file, const Axes& axes, const std::vector<std::string>& labels,
-                      const std::vector<double>& values) {
+                      const std::vector<double>& values, const std::vector<double>& errors) {
   if (labels.size() != values.size())
     fail(file, "a bar chart needs one value per label: " + std::to_string(labels.size()) + " labels, " +
                    std::to_string(values.size()) + " values");
+  if (!errors.empty() && errors.size() != values.size())
+    fail(file, "a bar chart needs no error bars or one per bar: " + std::to_string(errors.size()) + " for " +
+                   std::to_string(values.size()) + " bars");
+  auto error_of = [&](std::size_t i) {
+    const double e = errors.empty() ? 0.0 : errors[i];
+    return std::isfinite(e) && e > 0 ? e : 0.0;
+  };
   Figure figure(file, kChartWidth, kChartHeight);
   cairo_t* cr = figure.cr();
   const std::size_t n = labels.size();
   // The x axis holds the labels: axes.log_x has no meaning here and is ignored.
   Range y;
-  for (double v : values)
-    if (std::isfinite(v) && (!axes.log_y || v > 0)) y.add(v);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const double v = values[i];
+    if (!(std::isfinite(v) && (!axes.log_y || v > 0))) continue;
+    y.add(v);
+    if (error_of(i) > 0) y.add(v + error_of(i));
+  }
   FrameSpec spec;
   spec.title = axes.title, spec.x_label = axes.x_label, spec.y_label = axes.y_label;
   spec.log_y = axes.log_y;
@@ -1002,6 +1040,16 @@ std::string bar_chart(const fs::path& file, const Axes& axes, const std::vector<
     cairo_rectangle(cr, x0, std::min(y0, y1), x1 - x0, std::abs(y1 - y0));
     set_colour(cr, kBlue);
     cairo_fill(cr);
+    if (const double e = error_of(i); e > 0) {
+      const double cx = 0.5 * (x0 + x1), hi = f.y.map(v + e);
+      const double lo = f.y.valid(v - e) ? f.y.map(v - e) : f.bottom;
+      cairo_move_to(cr, cx, lo), cairo_line_to(cr, cx, hi);
+      cairo_move_to(cr, cx - 4, hi), cairo_line_to(cr, cx + 4, hi);
+      cairo_move_to(cr, cx - 4, lo), cairo_line_to(cr, cx + 4, lo);
+      set_colour(cr, kInk);
+      cairo_set_line_width(cr, 1.0);
+      cairo_stroke(cr);
+    }
   }
   if (!axes.log_y && spec.y.lo < 0 && spec.y.hi > 0) {  // bars on both sides: mark zero
     set_colour(cr, kInk);
@@ -1015,8 +1063,10 @@ std::string bar_chart(const fs::path& file, const Axes& axes, const std::vector<
     const double cx = f.left + slot * (static_cast<double>(i) + 0.5);
     const double v = values[i];
     const bool shown = f.y.valid(v);
-    const double at = shown ? std::clamp(f.y.map(v), f.top, f.bottom) : f.y.map(base);
     const bool below = shown && !axes.log_y && v < 0;
+    // The number sits beyond the error bar's end, where there is one.
+    const double end = below ? v - error_of(i) : v + error_of(i);
+    const double at = shown ? std::clamp(f.y.map(f.y.valid(end) ? end : v), f.top, f.bottom) : f.y.map(base);
     draw_text(cr, cx, below ? at + 4 : at - 4, value_label(v), kTickSize, HAlign::centre,
               below ? VAlign::top : VAlign::bottom);
     if (turned) {
@@ -1025,6 +1075,78 @@ std::string bar_chart(const fs::path& file, const Axes& axes, const std::vector<
     } else {
       draw_text(cr, cx, f.bottom + 7, labels[i], kTickSize, HAlign::centre, VAlign::top);
     }
+  }
+  return figure.encode();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Image sheets
+
+std::string image_sheet(const fs::path& file, const ImageSheet& sheet, int min_width) {
+  if (format_of(file) != Format::png) fail(file, "an image sheet is a PNG (its pixels are the content)");
+  const int w = sheet.width, h = sheet.height, c = sheet.channels;
+  if (w < 1 || h < 1 || (c != 1 && c != 3) ||
+      sheet.pixels.size() != static_cast<std::size_t>(w) * static_cast<std::size_t>(h) * static_cast<std::size_t>(c))
+    fail(file, "an image sheet needs width x height x channels (1 or 3) bytes, got " +
+                   std::to_string(sheet.pixels.size()) + " for " + std::to_string(w) + "x" + std::to_string(h) +
+                   "x" + std::to_string(c));
+  if (sheet.tile_width < 1 || sheet.tile_height < 1 || sheet.pad < 0)
+    fail(file, "an image sheet needs tiles of at least 1x1 pixel");
+  const int pitch_x = sheet.tile_width + sheet.pad, pitch_y = sheet.tile_height + sheet.pad;
+  const int columns = (w + sheet.pad) / pitch_x, rows = (h + sheet.pad) / pitch_y;
+
+  // The layout in device pixels: every image pixel becomes scale x scale of them.
+  const int scale = std::max(1, (min_width + w - 1) / w);
+  constexpr double kLabelSize = 13.0, kTitleSize = 15.0;  // points
+  cairo_surface_t* probe_surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1);
+  cairo_t* probe = cairo_create(probe_surface);
+  double label_width = 0;
+  for (const auto& label : sheet.row_labels) label_width = std::max(label_width, measure(probe, label, kLabelSize).width);
+  cairo_destroy(probe);
+  cairo_surface_destroy(probe_surface);
+  const double margin = 10;  // points
+  const double left = sheet.row_labels.empty() ? margin : label_width + 2 * margin;
+  const double top = margin + (sheet.title.empty() ? 0 : kTitleSize + 8) +
+                     (sheet.column_labels.empty() ? 0 : kLabelSize + 6);
+  const double image_w = static_cast<double>(w * scale) / kPngPixelsPerPoint,
+               image_h = static_cast<double>(h * scale) / kPngPixelsPerPoint;
+  Figure figure(file, left + image_w + margin, top + image_h + margin);
+  cairo_t* cr = figure.cr();
+
+  // The pixels as a cairo surface (xRGB, 4 bytes a pixel), drawn scaled with the nearest filter.
+  cairo_surface_t* image = cairo_image_surface_create(CAIRO_FORMAT_RGB24, w, h);
+  const int stride = cairo_image_surface_get_stride(image);
+  cairo_surface_flush(image);
+  unsigned char* data = cairo_image_surface_get_data(image);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      const unsigned char* p = sheet.pixels.data() + (static_cast<std::size_t>(y) * w + x) * c;
+      const std::uint32_t r = p[0], g = c == 3 ? p[1] : p[0], b = c == 3 ? p[2] : p[0];
+      const std::uint32_t value = (r << 16) | (g << 8) | b;
+      std::memcpy(data + static_cast<std::size_t>(y) * stride + 4 * static_cast<std::size_t>(x), &value, 4);
+    }
+  cairo_surface_mark_dirty(image);
+  cairo_save(cr);
+  cairo_translate(cr, left, top);
+  cairo_scale(cr, image_w / w, image_h / h);
+  cairo_set_source_surface(cr, image, 0, 0);
+  cairo_pattern_set_filter(cairo_get_source(cr), CAIRO_FILTER_NEAREST);
+  cairo_rectangle(cr, 0, 0, w, h);
+  cairo_fill(cr);
+  cairo_restore(cr);
+  cairo_surface_destroy(image);
+
+  const double unit_x = image_w / w, unit_y = image_h / h;
+  if (!sheet.title.empty())
+    draw_text(cr, left + image_w / 2, margin, sheet.title, fitted_size(cr, sheet.title, kTitleSize, left + image_w),
+              HAlign::centre, VAlign::top, kInk, true);
+  for (int r = 0; r < rows && r < static_cast<int>(sheet.row_labels.size()); ++r)
+    draw_text(cr, left - margin, top + (r * pitch_y + sheet.tile_height / 2.0) * unit_y, sheet.row_labels[r],
+              kLabelSize, HAlign::right, VAlign::middle);
+  for (int col = 0; col < columns && col < static_cast<int>(sheet.column_labels.size()); ++col) {
+    const double width = sheet.tile_width * unit_x;
+    draw_text(cr, left + (col * pitch_x + sheet.tile_width / 2.0) * unit_x, top - 4, sheet.column_labels[col],
+              fitted_size(cr, sheet.column_labels[col], kLabelSize, width), HAlign::centre, VAlign::bottom);
   }
   return figure.encode();
 }

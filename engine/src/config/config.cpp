@@ -129,7 +129,8 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
             .at_least(0),
         ParamSpec::integer("keep_checkpoints", 2, "how many of the newest checkpoints to keep").at_least(1),
         ParamSpec::real("ema_decay", 0.999,
-                        "exponential moving average of the weights, kept beside the raw ones (model-ema.pt) "
+                        "exponential moving average of the weights, kept beside the raw ones (model.safetensors holds it, "
+                        "model-raw.safetensors the raw weights) "
                         "and used for sampling by default; 0 disables")
             .range(0, 1)
             .less_than(1),
@@ -513,6 +514,7 @@ class Validator {
       throw ConfigError(std::move(lines));
     }
     config.notes = std::move(notes_);
+    config.positions = std::move(positions_);
     return config;
   }
 
@@ -833,6 +835,8 @@ class Validator {
     config.kind = slot.kind;
     config.slot = slot.table;
     config.type = type;
+    // Where the component is named: its `type` key (a default slot: the file itself).
+    config.where = implicit ? name_ : position(address, "type", type_node->source());
     const std::string owner = heading + " (type '" + type + "')";
     std::size_t before = problems_.size();
     check_keys(address, owner, table, valid, true);
@@ -896,6 +900,7 @@ class Validator {
           out.set(spec.name, *spec.default_value);
         continue;
       }
+      positions_[address + "." + spec.name] = position(address, spec.name, node->source());
       std::string error;
       const toml::node* at = node;  // the value, or the element of a list that is wrong
       auto value = convert(*node, spec, address + "." + spec.name, error, at);
@@ -1060,6 +1065,7 @@ class Validator {
   const ConfigOptions& options_;
   std::vector<Problem> problems_;
   std::vector<std::string> notes_;
+  std::map<std::string, std::string> positions_;  // "table.key" -> where its value was given
   std::map<std::string, SetOption> set_keys_;  // "path.type", "metric[1].samples" -> the --set that set it
   std::map<std::string, SetOption> created_;   // "run", "metric[2]" -> the --set that created the table
   std::map<std::string, std::string> file_types_;  // "path" -> its type before the first --set path.type

@@ -87,6 +87,23 @@ class InFile {
   std::uint64_t size_ = 0;
 };
 
+// Bytes already in memory, read like a file (a checkpoint's payload); `what` names them in errors.
+class InBytes {
+ public:
+  InBytes(const std::string& bytes, fs::path what) : bytes_(bytes), what_(std::move(what)) {}
+  std::uint64_t size() const { return bytes_.size(); }
+  void read(void* into, std::size_t n) {
+    if (n > bytes_.size() - at_) fail(what_, "cannot read: unexpected end of the data");
+    std::memcpy(into, bytes_.data() + at_, n);
+    at_ += n;
+  }
+
+ private:
+  const std::string& bytes_;
+  fs::path what_;
+  std::size_t at_ = 0;
+};
+
 // ------------------------------------------------------------------------------------------------
 // .npy
 
@@ -556,9 +573,8 @@ torch::Tensor read_npy(const fs::path& file) {
 // ------------------------------------------------------------------------------------------------
 // safetensors
 
-void write_safetensors(const fs::path& file,
-                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+std::string encode_safetensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                               const std::map<std::string, std::string>& metadata, const fs::path& file) {
   ordered_json header = ordered_json::object();
   if (!metadata.empty()) {
     ordered_json meta = ordered_json::object();
@@ -607,13 +623,23 @@ void write_safetensors(const fs::path& file,
   for (const auto& t : contiguous)
     bytes.append(static_cast<const char*>(t.data_ptr()),
                  static_cast<std::size_t>(t.numel()) * t.element_size());
-  write_file_atomic(file, bytes);
+  return bytes;
 }
 
-std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
-    const fs::path& file, std::map<std::string, std::string>* metadata) {
+void write_safetensors(const fs::path& file,
+                       const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  write_file_atomic(file, encode_safetensors(tensors, metadata, file));
+}
+
+namespace {
+
+// The one reader behind read_safetensors (a file) and decode_safetensors (bytes in memory): `in`
+// gives size() and read(into, n); `file` names the source in errors.
+template <class Source>
+std::vector<std::pair<std::string, torch::Tensor>> read_safetensors_from(Source& in, const fs::path& file,
+                                                                        std::map<std::string, std::string>* metadata) {
   if (metadata) metadata->clear();
-  InFile in(file);
   const std::uint64_t size = in.size();
   if (size < 8)
     fail(file,
@@ -643,8 +669,8 @@ std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
       } else if (event == ordered_json::parse_event_t::object_end) {
         if (!open_objects.empty()) open_objects.pop_back();
       } else if (event == ordered_json::parse_event_t::key && !open_objects.empty() && parsed.is_string()) {
-        if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-          duplicate = parsed.get<std::string>();
+        if (!open_objects.back().insert(parsed.template get<std::string>()).second && duplicate.empty())
+          duplicate = parsed.template get<std::string>();
       }
       return true;
     });
@@ -665,7 +691,7 @@ std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
       if (!info.is_object()) fail(file, "\"__metadata__\" is not a JSON object");
       for (const auto& [key, value] : info.items()) {
         if (!value.is_string()) fail(file, "\"__metadata__\" value of " + shown(key) + " is not a string");
-        if (metadata) (*metadata)[key] = value.get<std::string>();
+        if (metadata) (*metadata)[key] = value.template get<std::string>();
       }
       continue;
     }
@@ -709,6 +735,20 @@ std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
     out.emplace_back(e.name, std::move(t));
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
+    const fs::path& file, std::map<std::string, std::string>* metadata) {
+  InFile in(file);
+  return read_safetensors_from(in, file, metadata);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> decode_safetensors(
+    const std::string& bytes, const fs::path& what, std::map<std::string, std::string>* metadata) {
+  InBytes in(bytes, what);
+  return read_safetensors_from(in, what, metadata);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> named_weights(torch::nn::Module& module) {

@@ -114,6 +114,13 @@ class AblationReader {
             group_mode = mode_of(gnode, "[ablation." + key + "] mode");
             continue;
           }
+          if (gkey.find_first_of(".[") == std::string::npos) {
+            // `solver.type = [...]` unquoted: TOML makes [ablation.solver] a table with a key `type`.
+            problems.push_back(where(file_, gnode.source()) + ": [ablation] " + key + "." + gkey +
+                               ": TOML reads an unquoted dotted key as a table; write the key in quotes: \"" +
+                               key + "." + gkey + "\" = [...]");
+            continue;
+          }
           inner.push_back(axis(gkey, gnode));
         }
         if (!inner.empty())
@@ -165,6 +172,7 @@ class AblationReader {
 
   Axis axis(const std::string& key, const toml::node& node) {
     positions[key] = where(file_, node.source());
+    check_key(key, node);
     Axis a;
     a.keys = {key};
     std::vector<std::string> values;
@@ -218,6 +226,32 @@ class AblationReader {
         }
       out.rows = std::move(next);
     }
+    return out;
+  }
+
+  // A sweep key names "table.key" (or "metric[i].key") of a table a pipeline has: a slot or an
+  // engine table. Anything else is a typo, said with a did-you-mean as in pipeline tables.
+  void check_key(const std::string& key, const toml::node& node) {
+    const auto dot = key.find_first_of(".[");
+    const std::string table = key.substr(0, dot);
+    if (dot == std::string::npos || dot + 1 >= key.size()) {
+      problems.push_back(where(file_, node.source()) + ": [ablation] \"" + key +
+                         "\": a sweep key names a table and its key, e.g. \"path.type\" or \"train.lr\"");
+      return;
+    }
+    std::vector<std::string> tables = kEngineTables;
+    for (const auto& slot : pipeline_slots()) tables.push_back(slot.table);
+    if (std::find(tables.begin(), tables.end(), table) == tables.end()) {
+      const std::string suggestion = closest_match(table, tables);
+      problems.push_back(where(file_, node.source()) + ": [ablation] \"" + key + "\": unknown table [" + table +
+                         "]" + (suggestion.empty() ? "" : "; did you mean [" + suggestion + "]?") +
+                         " (the tables: " + join(tables) + ")");
+    }
+  }
+
+  static std::string join(const std::vector<std::string>& words) {
+    std::string out;
+    for (const auto& w : words) out += (out.empty() ? "" : ", ") + w;
     return out;
   }
 
@@ -283,6 +317,43 @@ AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
     for (const auto& [key, value] : rows.front()) plan.keys.push_back(key);
 
   std::vector<std::string> problems;
+  // A component key that no variant's component declares is a typo, not a key to drop: "solver.typ"
+  // would otherwise leave a note and one "(base)" variant. (A key only some variants' components
+  // declare, such as solver.steps beside an adaptive solver, is dropped where it does not apply.)
+  for (const auto& key : plan.keys) {
+    const auto dot = key.find('.');
+    if (dot == std::string::npos || key.find('[') != std::string::npos || key.substr(dot + 1) == "type") continue;
+    const std::string slot = key.substr(0, dot), param = key.substr(dot + 1);
+    std::set<std::string> types;
+    for (const auto& settings : rows) {
+      std::string type;
+      for (const auto& [k, val] : settings)
+        if (k == slot + ".type") type = display(val);
+      if (type.empty() && base.components.count(slot)) type = base.component(slot).type;
+      if (!type.empty()) types.insert(type);
+    }
+    std::vector<std::string> candidates = {"type"};
+    bool known = false, checked = !types.empty();
+    for (const auto& type : types) {
+      const auto* params = declared(registry, slot, type);
+      if (!params) {
+        checked = false;
+        break;
+      }
+      for (const auto& p : *params) {
+        candidates.push_back(p.name);
+        known = known || p.name == param;
+      }
+    }
+    if (!checked || known) continue;
+    std::string type_list;
+    for (const auto& t : types) type_list += (type_list.empty() ? "'" : ", '") + t + "'";
+    const std::string suggestion = closest_match(param, candidates);
+    problems.push_back(fmt::format("{}: [ablation] \"{}\": no {} of this sweep ({}) has a parameter '{}'{}",
+                                   reader.positions[key], key, slot, type_list, param,
+                                   suggestion.empty() ? "" : "; did you mean \"" + slot + "." + suggestion + "\"?"));
+  }
+  if (!problems.empty()) throw ConfigError(problems);
   std::set<std::string> seen, seen_problems;
   // One note per dropped key and reason, naming the variants (a sweep of 100 would repeat it 50 times).
   std::map<std::string, std::vector<std::size_t>> dropped_in;
@@ -443,8 +514,13 @@ struct Row {
 };
 
 void write_results(const fs::path& dir, const AblationPlan& plan, const std::vector<Row>& rows,
-                   const std::vector<std::string>& metric_names,
-                   const std::map<std::string, bool>& lower_better, const Logger& log) {
+                   const std::vector<std::string>& metric_names, const std::map<std::string, bool>& lower_better,
+                   const std::map<std::string, std::string>& quantity, const Logger& log) {
+  // A metric under its name and, where it differs, what it computes: "wasserstein (W2 squared)".
+  auto shown = [&](const std::string& m) {
+    auto it = quantity.find(m);
+    return it == quantity.end() || it->second.empty() || it->second == m ? m : m + " (" + it->second + ")";
+  };
   // results.csv
   std::string csv = "variant";
   for (const auto& k : plan.keys) csv += "," + csv_cell(k);
@@ -474,7 +550,7 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
                   plan.file.filename().string(), rows.size(), plan.trainings());
   md += "(lower is better unless marked ↑).\n\n|";
   for (const auto& k : plan.keys) md += " " + k + " |";
-  for (const auto& m : metric_names) md += " " + m + (lower_better.at(m) ? "" : " ↑") + " |";
+  for (const auto& m : metric_names) md += " " + shown(m) + (lower_better.at(m) ? "" : " ↑") + " |";
   md += " NFE | train s | sample s |\n|";
   for (std::size_t i = 0; i < plan.keys.size() + metric_names.size() + 3; ++i) md += "---|";
   md += "\n";
@@ -512,7 +588,7 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     for (const auto& m : metric_names) mean_csv += "," + csv_cell(m + "_mean") + "," + csv_cell(m + "_std");
     mean_csv += ",seeds,failed\n";
     md += "\nMean ± standard deviation over seeds:\n\n| setting |";
-    for (const auto& m : metric_names) md += " " + m + (lower_better.at(m) ? "" : " ↑") + " |";
+    for (const auto& m : metric_names) md += " " + shown(m) + (lower_better.at(m) ? "" : " ↑") + " |";
     md += " seeds |\n|---|";
     for (std::size_t i = 0; i < metric_names.size() + 1; ++i) md += "---|";
     md += "\n";
@@ -577,8 +653,8 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
   for (const auto& r : rows)
     if (r.ok && std::isfinite(r.nfe)) nfes.insert(r.nfe);
   plot::Axes axes;
-  axes.title = fmt::format("{} ({} is better)", metric, lower_better.at(metric) ? "lower" : "higher");
-  axes.y_label = metric;
+  axes.title = fmt::format("{} ({} is better)", shown(metric), lower_better.at(metric) ? "lower" : "higher");
+  axes.y_label = shown(metric);
   std::vector<double> values;
   for (const auto& r : rows)
     if (r.ok && r.metrics.count(metric) && std::isfinite(r.metrics.at(metric)))
@@ -593,8 +669,11 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
   // colours, one key (the last swept with at most that many values) picks the colour and each
   // setting of the others gets a panel of its own (small multiples, as seaborn's relplot).
   struct Point {
-    double x = 0, y = 0;
+    double x = 0, y = 0, y2 = 0;  // sums over the seeds (y2: of squares)
     int n = 0;
+    double mean() const { return y / n; }
+    // The sample standard deviation (n - 1) over the seeds; 0 for one.
+    double sd() const { return n < 2 ? 0.0 : std::sqrt(std::max(0.0, (y2 - y * y / n) / (n - 1))); }
   };
   const bool by_nfe = nfes.size() > 1;
   auto values_of = [](const std::vector<std::pair<std::string, std::string>>& settings) {
@@ -634,6 +713,7 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
         hue_key = k;  // the last such key
   std::vector<std::string> order, panel_order;
   std::map<std::string, std::map<std::string, std::map<std::string, Point>>> points;  // panel, series, point
+  int seeds = 1;  // the most seeds behind one point
   for (const Row* r : charted) {
     std::vector<std::pair<std::string, std::string>> rest, panel, point;
     std::string hue;
@@ -654,8 +734,11 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     Point& p = points[panel_name][name][label_of(point)];
     p.x += by_nfe ? r->nfe : 0.0;
     p.y += r->metrics.at(metric);
+    p.y2 += r->metrics.at(metric) * r->metrics.at(metric);
     ++p.n;
+    seeds = std::max(seeds, p.n);
   }
+  if (seeds > 1) axes.title += fmt::format("; mean of {} seeds, bars +- 1 sd", seeds);
   std::string legend;
   for (const auto& k : plan.keys)
     if (!on_axis(k)) legend += (legend.empty() ? "" : " / ") + k;
@@ -671,12 +754,13 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     std::vector<plot::Series> list;
     for (const auto& name : order) {
       if (!panel.count(name)) continue;
-      std::vector<std::pair<double, double>> xy;
-      for (const auto& [label, p] : panel.at(name)) xy.emplace_back(p.x / p.n, p.y / p.n);
+      std::vector<std::tuple<double, double, double>> xy;
+      for (const auto& [label, p] : panel.at(name)) xy.emplace_back(p.x / p.n, p.mean(), p.sd());
       std::sort(xy.begin(), xy.end());
       plot::Series s;
       s.label = name;
-      for (const auto& [x, y] : xy) s.x.push_back(x), s.y.push_back(y);
+      for (const auto& [x, y, sd] : xy) s.x.push_back(x), s.y.push_back(y), s.error.push_back(sd);
+      if (seeds < 2) s.error.clear();
       list.push_back(s);
     }
     return list;
@@ -685,7 +769,7 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
   std::vector<plot::Panel> panels;  // one without a title: a single line chart
   int columns = 1;
   std::vector<std::string> bar_labels;
-  std::vector<double> bars;
+  std::vector<double> bars, bar_errors;
   if (by_nfe) {
     axes.x_label = "function evaluations (NFE)";
     axes.log_x = *nfes.rbegin() / std::max(1.0, *nfes.begin()) > 8;
@@ -707,13 +791,14 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     for (const auto& name : order) {
       const Point& p = points[""][name].begin()->second;
       bar_labels.push_back(name);
-      bars.push_back(p.y / p.n);
+      bars.push_back(p.mean());
+      if (seeds > 1) bar_errors.push_back(p.sd());
     }
   }
   for (const char* ext : {"png", "svg"}) {
     const fs::path file = dir / (std::string("results.") + ext);
     if (!by_nfe)
-      write_file_atomic(file, plot::bar_chart(file, axes, bar_labels, bars));
+      write_file_atomic(file, plot::bar_chart(file, axes, bar_labels, bars, bar_errors));
     else if (hue_key.empty())
       write_file_atomic(
           file,
@@ -880,6 +965,7 @@ fs::path ablate_job(const fs::path& file, const Registry& registry, const Ablate
   std::vector<Row> rows;
   std::vector<std::string> metric_names;
   std::map<std::string, bool> lower_better;
+  std::map<std::string, std::string> quantity;  // what each metric computes, as it says
   std::map<std::size_t, const Task*> sample_of;
   for (std::size_t k : sample_tasks) sample_of[tasks[k].variant] = &tasks[k];
   for (std::size_t i = 0; i < plan.variants.size(); ++i) {
@@ -894,6 +980,7 @@ fs::path ablate_job(const fs::path& file, const Registry& registry, const Ablate
         if (!lower_better.count(name)) {
           metric_names.push_back(name);
           lower_better[name] = summary["metric_details"][name].value("direction", "lower") == "lower";
+          quantity[name] = summary["metric_details"][name].value("quantity", "");
         }
       }
       if (summary.contains("sampling")) {
@@ -909,7 +996,7 @@ fs::path ablate_job(const fs::path& file, const Registry& registry, const Ablate
     }
     rows.push_back(r);
   }
-  write_results(dir, plan, rows, metric_names, lower_better, log);
+  write_results(dir, plan, rows, metric_names, lower_better, quantity, log);
   std::size_t failed = 0;
   for (const auto& r : rows) failed += r.ok ? 0 : 1;
   if (failed > 0 && log)

@@ -55,18 +55,19 @@ fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::pa
   return dir;
 }
 
-void save_weights(Model& model, const fs::path& file) {
-  torch::serialize::OutputArchive archive;
-  model.save(archive);
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  write_file_atomic(file, bytes.str());
+void save_weights(Model& model, const fs::path& file, const std::map<std::string, std::string>& metadata) {
+  write_safetensors(file, named_weights(model), metadata);
 }
 
 void load_weights(Model& model, const fs::path& file) {
   std::error_code ec;
   if (!fs::is_regular_file(file, ec))
     throw InputError(file.string() + ": no weights file (was the run trained to the end?)");
+  if (file.extension() != ".pt") {
+    load_named_weights(model, read_safetensors(file), file);
+    return;
+  }
+  // A LibTorch archive: the weights files of runs made before Pathline 0.2.
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(file.string());
@@ -74,8 +75,24 @@ void load_weights(Model& model, const fs::path& file) {
   } catch (const c10::Error& e) {
     std::string reason = e.what_without_backtrace();
     reason = reason.substr(0, reason.find('\n'));
-    throw InputError(file.string() + ": corrupt or incompatible checkpoint: " + reason);
+    throw InputError(file.string() + ": corrupt or incompatible LibTorch weights archive: " + reason);
   }
+}
+
+// Which of a run's weight files sampling reads: model.safetensors holds the EMA weights when training
+// kept them (its metadata says "ema"), else the raw ones; model-raw.safetensors holds the raw ones
+// beside EMA ones. Runs made before Pathline 0.2 have model.pt (raw) and model-ema.pt instead.
+std::string run_weights_file(const fs::path& run_dir, bool use_ema) {
+  std::error_code ec;
+  if (fs::exists(run_dir / "model.safetensors", ec)) {
+    if (use_ema || !fs::exists(run_dir / "model-ema.pt", ec)) {
+      if (!use_ema && fs::exists(run_dir / "model-raw.safetensors", ec)) return "model-raw.safetensors";
+      return "model.safetensors";
+    }
+  }
+  if (fs::exists(run_dir / "model.pt", ec))
+    return use_ema && fs::exists(run_dir / "model-ema.pt", ec) ? "model-ema.pt" : "model.pt";
+  return "model.safetensors";  // missing: load_weights says so
 }
 
 namespace {
@@ -99,13 +116,43 @@ plot::Points points_of(const torch::Tensor& xy) {
   return plot::Points(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
 }
 
+// A class's name for pictures: the data set's own name for it, else "class k"; -1 is unconditional.
+std::string class_label(const DataInfo& data, std::int64_t label) {
+  if (label == kNullLabel) return "unconditional";
+  if (label >= 0 && static_cast<std::size_t>(label) < data.class_names.size() &&
+      !data.class_names[static_cast<std::size_t>(label)].empty())
+    return data.class_names[static_cast<std::size_t>(label)];
+  return fmt::format("class {}", label);
+}
+
+// A grid of images [N, C, H, W] (values in [lo, hi]), `cols` a row, drawn large with labels.
+std::string image_sheet(const fs::path& file, const torch::Tensor& images, std::int64_t cols, double lo, double hi,
+                        std::vector<std::string> row_labels, std::vector<std::string> column_labels,
+                        const std::string& title) {
+  constexpr int kPad = 2;
+  const Image grid = image_grid(images, cols, lo, hi, kPad);
+  plot::ImageSheet sheet;
+  sheet.width = grid.width;
+  sheet.height = grid.height;
+  sheet.channels = grid.channels;
+  sheet.pixels.assign(grid.pixels.begin(), grid.pixels.end());
+  sheet.tile_width = static_cast<int>(images.size(3));
+  sheet.tile_height = static_cast<int>(images.size(2));
+  sheet.pad = kPad;
+  sheet.row_labels = std::move(row_labels);
+  sheet.column_labels = std::move(column_labels);
+  sheet.title = title;
+  return plot::image_sheet(file, sheet);
+}
+
 void write_pictures(const PipelineConfig& config, Components& c, const fs::path& dir, const SampleResult& s) {
   const DataInfo& data = c.data();
   if (data.is_image()) {
     // Images sorted by the class they were asked for, so that a conditional run shows one class per
-    // row (10 columns: one row per class when every class was asked for equally).
+    // row (10 columns: one row per class when every class was asked for equally), each row named.
     torch::Tensor images = s.samples;
     std::int64_t cols = std::min<std::int64_t>(10, images.size(0));
+    std::vector<std::string> row_labels;
     if (s.labels.defined()) {
       // One row per class asked for (the first ten classes), its first ten samples; a class with
       // fewer leaves the rest of its row blank.
@@ -120,13 +167,17 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
           row = torch::cat({row, torch::full(blank_shape, data.min_value, row.options())});
         }
         rows.push_back(row);
+        row_labels.push_back(class_label(data, classes[k].item<std::int64_t>()));
       }
       images = torch::cat(rows);
     }
     const double lo = std::isfinite(data.min_value) ? data.min_value : -1.0;
     const double hi = std::isfinite(data.max_value) ? data.max_value : 1.0;
-    write_png(dir / "samples.png",
-              image_grid(images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols, lo, hi));
+    const std::string solver = config.component("solver").type;
+    write_file_atomic(
+        dir / "samples.png",
+        image_sheet(dir / "samples.png", images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols, lo,
+                    hi, row_labels, {}, fmt::format("{} samples, {} ({} NFE)", s.samples.size(0), solver, s.nfe)));
     if (s.trajectories.defined()) {
       // [steps + 1, K, C, H, W]: a row per sample, a column per time (at most 10 times).
       const std::int64_t frames = s.trajectories.size(0),
@@ -137,7 +188,17 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
               .to(torch::kInt64);
       torch::Tensor grid =
           s.trajectories.index_select(0, picked).narrow(1, 0, k).transpose(0, 1).flatten(0, 1);
-      write_png(dir / "trajectories.png", image_grid(grid, picked.size(0), lo, hi));
+      std::vector<std::string> time_labels, sample_labels;
+      for (std::int64_t j = 0; j < picked.size(0); ++j) {
+        const auto frame = static_cast<std::size_t>(picked[j].item<std::int64_t>());
+        if (frame < s.times.size()) time_labels.push_back(fmt::format("t = {:.2f}", s.times[frame]));
+      }
+      if (time_labels.size() != static_cast<std::size_t>(picked.size(0))) time_labels.clear();
+      if (s.labels.defined())
+        for (std::int64_t i = 0; i < k; ++i) sample_labels.push_back(class_label(data, s.labels[i].item<std::int64_t>()));
+      write_file_atomic(dir / "trajectories.png",
+                        image_sheet(dir / "trajectories.png", grid, picked.size(0), lo, hi, sample_labels,
+                                    time_labels, "from the source (left) to samples (right)"));
     }
     return;
   }
@@ -236,6 +297,7 @@ json metrics_json(const std::vector<MetricRecord>& metrics, const Logger& log) {
     json extra = json::object();
     for (const auto& [key, value] : m.result.details) extra[key] = number(value);
     details[m.name] = {{"type", m.type},
+                       {"quantity", m.result.quantity.empty() ? m.type : m.result.quantity},
                        {"value", number(m.result.value)},
                        {"direction", m.direction == Direction::lower_is_better ? "lower" : "higher"},
                        {"generated_samples", m.generated_n},
@@ -323,51 +385,44 @@ LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
   PipelineConfig config = load_config(run_dir / "config.toml", registry, options);
   apply_thread_setting(config);
   Components c = build_components(config, registry);
-  const fs::path ema = run_dir / "model-ema.pt";
-  const bool use_ema = config.table("sample").boolean("use_ema") && fs::exists(ema, ec);
   std::string weights;
   if (weights_file) {
-    // A weights file given explicitly: a LibTorch archive (model.pt, model-ema.pt) or safetensors.
-    if (weights_file->extension() == ".safetensors")
-      load_named_weights(*c.model, read_safetensors(*weights_file), *weights_file);
-    else
-      load_weights(*c.model, *weights_file);
+    // A weights file given explicitly: safetensors (any run's, or another tool's with the model's
+    // names), or a LibTorch archive of an older run (model.pt, model-ema.pt).
+    load_weights(*c.model, *weights_file);
     weights = weights_file->string();
   } else if (c.model->trainable()) {
-    load_weights(*c.model, use_ema ? ema : run_dir / "model.pt");
-    weights = use_ema ? "model-ema.pt" : "model.pt";
+    weights = run_weights_file(run_dir, config.table("sample").boolean("use_ema"));
+    load_weights(*c.model, run_dir / weights);
   }
   return {std::move(config), std::move(c), weights};
 }
 
 void log_weights(const Logger& log, const std::string& weights) {
   if (log && !weights.empty())
-    log(weights == "model-ema.pt" ? "weights: the EMA weights (model-ema.pt)"
-        : weights == "model.pt"   ? "weights: the raw weights (model.pt)"
-                                  : "weights: " + weights);
+    log(weights == "model-raw.safetensors" || weights == "model.pt"
+            ? "weights: the raw weights (" + weights + ")"
+        : weights == "model-ema.pt" ? "weights: the EMA weights (model-ema.pt)"
+                                    : "weights: " + weights);
 }
 
 // After training: the weights (raw, and EMA beside them), the loss curve, and for `run` the
 // samples, metrics, pictures and summary.json (always written last: its presence means done).
 void finish_run(const PipelineConfig& config, Components& c, const fs::path& dir, const TrainResult& trained,
                 bool do_sample, const Logger& log) {
-  // model.safetensors: the EMA weights when kept, else the raw ones, under the module tree's names,
-  // for use outside Pathline.
-  const std::map<std::string, std::string> metadata = {
-      {"pathline.model", config.component("model").type},
-      {"pathline.weights", trained.ema.empty() ? "raw" : "ema"}};
+  // model.safetensors: the EMA weights when kept, else the raw ones (the weights sampling uses by
+  // default); with EMA, model-raw.safetensors beside it. Tensors under the module tree's names.
+  std::map<std::string, std::string> metadata = {{"pathline.model", config.component("model").type},
+                                                 {"pathline.weights", trained.ema.empty() ? "raw" : "ema"}};
   if (trained.ema.empty()) {
-    if (c.model->trainable()) {
-      save_weights(*c.model, dir / "model.pt");
-      write_safetensors(dir / "model.safetensors", named_weights(*c.model), metadata);
-    }
+    if (c.model->trainable()) save_weights(*c.model, dir / "model.safetensors", metadata);
   } else {
-    // model.pt (raw) and model-ema.pt side by side; the model keeps the weights sampling uses.
-    std::vector<torch::Tensor> in_use = swap_parameters(*c.model, trained.raw);
-    save_weights(*c.model, dir / "model.pt");
-    swap_parameters(*c.model, trained.ema);
-    save_weights(*c.model, dir / "model-ema.pt");
-    write_safetensors(dir / "model.safetensors", named_weights(*c.model), metadata);
+    // The model keeps the weights sampling uses.
+    std::vector<torch::Tensor> in_use = swap_parameters(*c.model, trained.ema);
+    save_weights(*c.model, dir / "model.safetensors", metadata);
+    swap_parameters(*c.model, trained.raw);
+    metadata["pathline.weights"] = "raw";
+    save_weights(*c.model, dir / "model-raw.safetensors", metadata);
     swap_parameters(*c.model, in_use);
   }
   write_loss_curve(dir, trained);

@@ -56,9 +56,74 @@ std::vector<double> solver_times(const Components& c, double t0, double t1) {
   return times;
 }
 
+double conversion_gain(const Path& path, Quantity from, Quantity to, double t) {
+  if (from == to) return 1.0;
+  // The conversion is affine in the prediction at fixed x_t: its slope is the image of a unit
+  // prediction at x_t = 0, through the SDK's own conversion (divisor floors included).
+  const auto c = path.coefficients(torch::full({1}, t, torch::kFloat64));
+  const auto one = torch::ones({1}, torch::kFloat64), zero = torch::zeros({1}, torch::kFloat64);
+  return std::abs(convert_prediction(from, to, one, zero, c).item<double>());
+}
+
+namespace {
+
+// Where converting the model's `from` into `to` multiplies its errors by at most kMaxConversionGain,
+// as [lo, hi]: the grid of 1001 times over [0, 1], refined by bisection at each end that is not
+// already safe. nullopt with `why` when the safe times are not one interval (a singular point inside)
+// or there are none.
+std::optional<std::pair<double, double>> conversion_interval(const Path& path, Quantity from, Quantity to,
+                                                             std::string& why) {
+  constexpr int kPoints = 1001;
+  auto ok = [&](double t) { return conversion_gain(path, from, to, t) <= kMaxConversionGain; };
+  std::vector<char> flags(kPoints);
+  for (int i = 0; i < kPoints; ++i) flags[i] = ok(static_cast<double>(i) / (kPoints - 1));
+  int first = 0, last = kPoints - 1;
+  while (first < kPoints && !flags[first]) ++first;
+  while (last >= 0 && !flags[last]) --last;
+  if (first > last) {
+    why = "nowhere on [0, 1]";
+    return std::nullopt;
+  }
+  for (int i = first; i <= last; ++i)
+    if (!flags[i]) {
+      why = fmt::format("not near t = {:.3f}, inside the interval", static_cast<double>(i) / (kPoints - 1));
+      return std::nullopt;
+    }
+  auto refine = [&](int good_index, int bad_index) {
+    double good = static_cast<double>(good_index) / (kPoints - 1), bad = static_cast<double>(bad_index) / (kPoints - 1);
+    for (int k = 0; k < 60 && std::abs(good - bad) > 1e-9; ++k) {
+      const double mid = 0.5 * (good + bad);
+      (ok(mid) ? good : bad) = mid;
+    }
+    return good;
+  };
+  const double lo = first == 0 ? 0.0 : refine(first, first - 1);
+  const double hi = last == kPoints - 1 ? 1.0 : refine(last, last + 1);
+  return std::make_pair(lo, hi);
+}
+
+}  // namespace
+
 SamplingInterval sampling_interval(const PipelineConfig& config, const Components& c) {
   const Params& sp = config.table("sample");
-  const auto [safe_start, safe_end] = c.parameterization->safe_interval(*c.path);
+  auto [safe_start, safe_end] = c.parameterization->safe_interval(*c.path);
+  // Every quantity the solver asks for must follow from the model's prediction without blowing its
+  // errors up: a data-prediction solver (dpmpp_2m) on a velocity model of a path whose velocity says
+  // nothing about the data at t = 0 (polynomial with n > 1) starts where it does.
+  const Quantity predicted = c.parameterization->predicts();
+  for (Quantity q : c.solver->quantities()) {
+    if (q == predicted) continue;
+    std::string why;
+    const auto safe = conversion_interval(*c.path, predicted, q, why);
+    if (!safe)
+      throw ConfigError({fmt::format(
+          "{}: solver '{}' needs the {} that a model predicting {} gives on path '{}' only with its errors "
+          "multiplied by more than {} ({}); choose another solver, parameterization or path",
+          config.component("solver").where, config.component("solver").type, to_string(q), to_string(predicted),
+          config.component("path").type, kMaxConversionGain, why)});
+    safe_start = std::max(safe_start, safe->first);
+    safe_end = std::min(safe_end, safe->second);
+  }
   SamplingInterval interval;
   interval.t_start = sp.real_or("t_start", safe_start);
   interval.t_end = sp.real_or("t_end", safe_end);

@@ -70,7 +70,9 @@ std::vector<std::string> changed_keys(const std::map<std::string, std::string>& 
 
 namespace {
 
-constexpr char kMagic[17] = "PATHLINE-CKPT-1\n";
+// Format 2 (a NamedState); format 1 framed a LibTorch archive the same way.
+constexpr char kMagic[17] = "PATHLINE-CKPT-2\n";
+constexpr char kMagicV1[17] = "PATHLINE-CKPT-1\n";
 constexpr std::size_t kMagicLen = 16, kHeaderLen = kMagicLen + 8 + 8 + 4 + 4;
 
 std::uint32_t crc32_of(const void* data, std::size_t n) {
@@ -127,7 +129,8 @@ Checkpoint read_checkpoint(const fs::path& file) {
   if (bytes.size() < kHeaderLen)
     corrupt(file,
             fmt::format("truncated ({} bytes, shorter than its {}-byte header)", bytes.size(), kHeaderLen));
-  if (bytes.compare(0, kMagicLen, kMagic, kMagicLen) != 0)
+  const bool v2 = bytes.compare(0, kMagicLen, kMagic, kMagicLen) == 0;
+  if (!v2 && bytes.compare(0, kMagicLen, kMagicV1, kMagicLen) != 0)
     corrupt(file, "not a Pathline checkpoint (bad magic)");
   if (get(bytes, kHeaderLen - 4, 4) != crc32_of(bytes.data(), kHeaderLen - 4))
     corrupt(file, "header checksum mismatch");
@@ -141,8 +144,38 @@ Checkpoint read_checkpoint(const fs::path& file) {
   Checkpoint c;
   c.file = file;
   c.step = static_cast<std::int64_t>(get(bytes, kMagicLen, 8));
+  c.format = v2 ? 2 : 1;
   c.payload = bytes.substr(kHeaderLen);
   return c;
+}
+
+// ------------------------------------------------------------------------------------------------
+// NamedState
+
+const torch::Tensor* NamedState::find(const std::string& name) const {
+  for (const auto& [key, tensor] : tensors)
+    if (key == name) return &tensor;
+  return nullptr;
+}
+
+const torch::Tensor& NamedState::at(const std::string& name, const std::string& what) const {
+  if (const torch::Tensor* t = find(name)) return *t;
+  throw InputError(fmt::format("{} lacks '{}'", what, name));
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> NamedState::with_prefix(const std::string& prefix) const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& [key, tensor] : tensors)
+    if (key.rfind(prefix, 0) == 0) out.emplace_back(key.substr(prefix.size()), tensor);
+  return out;
+}
+
+std::string NamedState::encode(const fs::path& file) const { return encode_safetensors(tensors, texts, file); }
+
+NamedState NamedState::decode(const std::string& bytes, const fs::path& file) {
+  NamedState state;
+  state.tensors = decode_safetensors(bytes, file, &state.texts);
+  return state;
 }
 
 // ------------------------------------------------------------------------------------------------

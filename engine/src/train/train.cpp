@@ -196,12 +196,7 @@ class FusedAdam {
     grads_.clear();
   }
 
-  void save(torch::serialize::OutputArchive& archive) const {
-    archive.write("updates", torch::tensor(updates, torch::kInt64));
-    archive.write("exp_avg", exp_avg);
-    archive.write("exp_avg_sq", exp_avg_sq);
-  }
-
+  // A format-1 checkpoint's moments (Trainer::load_legacy_state).
   void load(torch::serialize::InputArchive& archive) {
     torch::Tensor count;
     archive.read("updates", count);
@@ -215,6 +210,11 @@ class FusedAdam {
                                      value.numel(), target->numel()));
       target->copy_(value);
     }
+  }
+
+  // Parameter i's part of a flat buffer (exp_avg or exp_avg_sq), shaped like the parameter.
+  torch::Tensor part(const torch::Tensor& flat, std::size_t i) const {
+    return flat.narrow(0, offsets_[i], params_[i].numel()).view(params_[i].sizes());
   }
 
   torch::Tensor exp_avg, exp_avg_sq, ema_flat;  // flat, in the order of the parameters
@@ -562,13 +562,6 @@ void Trainer::copy_sampling_weights_to_model() {
 
 namespace {
 
-void write_state(torch::serialize::OutputArchive& archive, const std::string& key,
-                 const Dataset::State& state) {
-  torch::serialize::OutputArchive sub;
-  for (const auto& [name, tensor] : state) sub.write(name, tensor);
-  archive.write(key, sub);
-}
-
 Dataset::State read_state(torch::serialize::InputArchive& archive, const std::string& key) {
   torch::serialize::InputArchive sub;
   archive.read(key, sub);
@@ -583,36 +576,147 @@ Dataset::State read_state(torch::serialize::InputArchive& archive, const std::st
 
 }  // namespace
 
-void Trainer::save_state(torch::serialize::OutputArchive& archive) const {
-  archive.write("step", torch::tensor(step_, torch::kInt64));
-  archive.write("skipped", torch::tensor(skipped_, torch::kInt64));
-  torch::serialize::OutputArchive model;
-  model_.save(model);
-  archive.write("model", model);
-  torch::serialize::OutputArchive optimizer;
-  if (fused_)
-    fused_->save(optimizer);
-  else
-    optimizer_->save(optimizer);
-  archive.write("optimizer", optimizer);
-  for (std::size_t i = 0; i < ema_.size(); ++i) archive.write("ema." + std::to_string(i), ema_[i]);
-  archive.write("generator.train", gen_.get_state());
-  archive.write("generator.global", at::detail::getDefaultCPUGenerator().get_state());
-  if (auto device_gen = device_generator(c_.context.device))
-    archive.write("generator.device", device_gen->get_state());
-  write_state(archive, "dataset", c_.dataset->state());
-  write_state(archive, "source", c_.source->state());
+// The state under names that say what each tensor is: "model.<name>" (parameters and buffers),
+// "optimizer.<parameter>.exp_avg" / ".exp_avg_sq" / ".max_exp_avg_sq" / ".step" (one layout for the
+// fused pass and LibTorch's optimizer, so a run can resume with either), "ema.<parameter>",
+// "generator.train" / ".global" / ".device", "dataset.<key>", "source.<key>", and per rank
+// "rank<r>.<key>" with "world_size".
+void Trainer::save_state(NamedState& state) const {
+  state.add("step", torch::tensor(step_, torch::kInt64));
+  state.add("skipped", torch::tensor(skipped_, torch::kInt64));
+  for (auto& [name, tensor] : named_weights(model_)) state.add("model." + name, tensor);
+  const auto names = model_.named_parameters().keys();
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const std::string prefix = "optimizer." + names[i] + ".";
+    if (fused_) {
+      state.add(prefix + "exp_avg", fused_->part(fused_->exp_avg, i));
+      state.add(prefix + "exp_avg_sq", fused_->part(fused_->exp_avg_sq, i));
+      state.add(prefix + "step", torch::tensor(fused_->updates, torch::kInt64));
+      continue;
+    }
+    auto it = optimizer_->state().find(params_[i].unsafeGetTensorImpl());
+    if (it == optimizer_->state().end()) continue;  // no update yet
+    auto add_moments = [&](const auto& moments) {
+      state.add(prefix + "exp_avg", moments.exp_avg());
+      state.add(prefix + "exp_avg_sq", moments.exp_avg_sq());
+      if (moments.max_exp_avg_sq().defined()) state.add(prefix + "max_exp_avg_sq", moments.max_exp_avg_sq());
+      state.add(prefix + "step", torch::tensor(static_cast<std::int64_t>(moments.step()), torch::kInt64));
+    };
+    if (const auto* adamw = dynamic_cast<const torch::optim::AdamWParamState*>(it->second.get()))
+      add_moments(*adamw);
+    else if (const auto* adam = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get()))
+      add_moments(*adam);
+  }
+  for (std::size_t i = 0; i < ema_.size(); ++i) state.add("ema." + names[i], ema_[i]);
+  state.add("generator.train", gen_.get_state());
+  state.add("generator.global", at::detail::getDefaultCPUGenerator().get_state());
+  if (auto device_gen = device_generator(c_.context.device)) state.add("generator.device", device_gen->get_state());
+  for (const auto& [name, tensor] : c_.dataset->state()) state.add("dataset." + name, tensor);
+  for (const auto& [name, tensor] : c_.source->state()) state.add("source." + name, tensor);
   if (!rank_states_.empty()) {
     // Data parallel: every rank's streams (gathered by gather_rank_states), under rank<r>.<key>.
     const std::size_t world = rank_states_.begin()->second.size();
-    archive.write("world_size", torch::tensor(static_cast<std::int64_t>(world), torch::kInt64));
+    state.add("world_size", torch::tensor(static_cast<std::int64_t>(world), torch::kInt64));
     for (const auto& [key, tensors] : rank_states_)
-      for (std::size_t r = 0; r < tensors.size(); ++r)
-        archive.write(fmt::format("rank{}.{}", r, key), tensors[r]);
+      for (std::size_t r = 0; r < tensors.size(); ++r) state.add(fmt::format("rank{}.{}", r, key), tensors[r]);
   }
 }
 
-void Trainer::load_state(torch::serialize::InputArchive& archive) {
+namespace {
+
+Dataset::State state_of(const std::vector<std::pair<std::string, torch::Tensor>>& named) {
+  Dataset::State out;
+  for (const auto& [name, tensor] : named) out[name] = tensor;
+  return out;
+}
+
+// A saved moment must have its parameter's shape; InputError naming the checkpoint otherwise.
+const torch::Tensor& moment_like(const NamedState& state, const std::string& name, const torch::Tensor& param,
+                                 const std::string& what) {
+  const torch::Tensor& value = state.at(name, what);
+  if (value.sizes() != param.sizes())
+    throw InputError(fmt::format("{}: '{}' is shaped {}; the parameter is {}", what, name,
+                                 c10::str(value.sizes()), c10::str(param.sizes())));
+  return value;
+}
+
+}  // namespace
+
+void Trainer::load_state(const NamedState& state, const std::string& what) {
+  step_ = state.at("step", what).item<std::int64_t>();
+  skipped_ = state.at("skipped", what).item<std::int64_t>();
+  load_named_weights(model_, state.with_prefix("model."), what);
+  const auto names = model_.named_parameters().keys();
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const std::string prefix = "optimizer." + names[i] + ".";
+    const torch::Tensor* step = state.find(prefix + "step");
+    if (!step) {
+      if (fused_ && step_ > skipped_) throw InputError(fmt::format("{} lacks '{}step'", what, prefix));
+      continue;  // not updated yet
+    }
+    const torch::Tensor& m = moment_like(state, prefix + "exp_avg", params_[i], what);
+    const torch::Tensor& v = moment_like(state, prefix + "exp_avg_sq", params_[i], what);
+    const torch::Tensor* vmax = state.find(prefix + "max_exp_avg_sq");
+    const std::int64_t count = step->item<std::int64_t>();
+    if (fused_) {
+      fused_->part(fused_->exp_avg, i).copy_(m);
+      fused_->part(fused_->exp_avg_sq, i).copy_(v);
+      fused_->updates = count;
+      continue;
+    }
+    auto fill = [&](auto moments) {
+      moments->step(count);
+      moments->exp_avg(m.to(params_[i].options()).clone());
+      moments->exp_avg_sq(v.to(params_[i].options()).clone());
+      if (vmax) moments->max_exp_avg_sq(vmax->to(params_[i].options()).clone());
+      optimizer_->state()[params_[i].unsafeGetTensorImpl()] = std::move(moments);
+    };
+    if (dynamic_cast<torch::optim::AdamW*>(optimizer_.get()))
+      fill(std::make_unique<torch::optim::AdamWParamState>());
+    else
+      fill(std::make_unique<torch::optim::AdamParamState>());
+  }
+  for (std::size_t i = 0; i < ema_.size(); ++i)
+    ema_[i].copy_(moment_like(state, "ema." + names[i], params_[i], what));
+  gen_.set_state(state.at("generator.train", what));
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  global.set_state(state.at("generator.global", what));
+  // A GPU run's own generator; a checkpoint written on the CPU has none (the GPU's stays as seeded).
+  if (auto device_gen = device_generator(c_.context.device))
+    if (const torch::Tensor* saved = state.find("generator.device")) device_gen->set_state(*saved);
+  c_.dataset->set_state(state_of(state.with_prefix("dataset.")));
+  c_.source->set_state(state_of(state.with_prefix("source.")));
+
+  // The ranks' own streams: from the checkpoint when it was written by as many ranks; otherwise the
+  // weights, optimizer, EMA and schedule continue and every rank's stream starts afresh.
+  const std::int64_t world = dp_ ? dp_->world().world_size : 1;
+  const torch::Tensor* saved_world = state.find("world_size");
+  const std::int64_t written_by = saved_world ? saved_world->item<std::int64_t>() : 1;
+  world_mismatch_ = 0;
+  if (written_by != world) {
+    world_mismatch_ = written_by;
+    gen_ = make_generator(seed_ + 7919 * static_cast<std::uint64_t>(step_), Stream::train,
+                          dp_ ? static_cast<std::uint64_t>(dp_->world().rank) : 0);
+  } else if (dp_ && world > 1) {
+    const std::string own = fmt::format("rank{}.", dp_->world().rank);
+    if (const torch::Tensor* t = state.find(own + "generator.train")) gen_.set_state(*t);
+    if (const torch::Tensor* t = state.find(own + "generator.global")) global.set_state(*t);
+    if (auto device_gen = device_generator(c_.context.device))
+      if (const torch::Tensor* t = state.find(own + "generator.device")) device_gen->set_state(*t);
+    for (auto [prefix, dataset] :
+         {std::pair<std::string, Dataset*>{"dataset.", c_.dataset.get()}, {"source.", c_.source.get()}}) {
+      Dataset::State ranked = dataset->state();
+      for (auto& [name, tensor] : ranked)
+        if (const torch::Tensor* mine = state.find(own + prefix + name)) tensor = *mine;
+      dataset->set_state(ranked);
+    }
+  }
+}
+
+// Checkpoints of format 1 (before Pathline 0.2): a LibTorch archive, read with LibTorch's own
+// reader, so that runs started then still resume.
+void Trainer::load_legacy_state(torch::serialize::InputArchive& archive) {
   torch::Tensor step;
   archive.read("step", step);
   step_ = step.item<std::int64_t>();
@@ -693,25 +797,26 @@ struct LoopState {
   double elapsed = 0.0;  // training seconds before this process
 };
 
+// A checkpoint's payload (format 2): the trainer's state, the loop's, and the training keys it was
+// written with, as one NamedState.
 std::string checkpoint_payload(const Trainer& trainer, const LoopState& loop,
-                               const std::map<std::string, std::string>& keys) {
-  torch::serialize::OutputArchive archive, state;
+                               const std::map<std::string, std::string>& keys,
+                               const std::filesystem::path& file) {
+  NamedState state;
   trainer.save_state(state);
-  archive.write("trainer", state);
-  archive.write("training_keys", c10::IValue(training_keys_text(keys)));
-  archive.write("config_hash", c10::IValue(config_hash(keys)));
-  archive.write("loop.csv", c10::IValue(loop.csv));
-  archive.write("loop.losses", torch::tensor(loop.losses, torch::kFloat64));
-  archive.write("loop.logged", torch::tensor(loop.logged, torch::kInt64));
-  archive.write(
-      "loop.window",
-      torch::tensor({loop.window_sum, static_cast<double>(loop.window_n), loop.elapsed}, torch::kFloat64));
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  return bytes.str();
+  state.texts["pathline.checkpoint"] = "2";
+  state.texts["training_keys"] = training_keys_text(keys);
+  state.texts["config_hash"] = config_hash(keys);
+  state.texts["loop.csv"] = loop.csv;
+  state.add("loop.losses", torch::tensor(loop.losses, torch::kFloat64));
+  state.add("loop.logged", torch::tensor(loop.logged, torch::kInt64));
+  state.add("loop.window", torch::tensor({loop.window_sum, static_cast<double>(loop.window_n), loop.elapsed},
+                                         torch::kFloat64));
+  return state.encode(file);
 }
 
-torch::serialize::InputArchive open_payload(const Checkpoint& checkpoint) {
+// Format 1: a LibTorch archive (before Pathline 0.2).
+torch::serialize::InputArchive open_legacy_payload(const Checkpoint& checkpoint) {
   torch::serialize::InputArchive archive;
   try {
     std::istringstream in(checkpoint.payload);
@@ -730,32 +835,48 @@ std::string read_string(torch::serialize::InputArchive& archive, const std::stri
   return value.toStringRef();
 }
 
+void restore_loop(LoopState& loop, const std::string& csv, const torch::Tensor& losses, const torch::Tensor& logged,
+                  const torch::Tensor& window) {
+  loop.csv = csv;
+  const torch::Tensor l = losses.to(torch::kFloat64).contiguous(), g = logged.to(torch::kInt64).contiguous();
+  loop.losses.assign(l.data_ptr<double>(), l.data_ptr<double>() + l.numel());
+  loop.logged.assign(g.data_ptr<std::int64_t>(), g.data_ptr<std::int64_t>() + g.numel());
+  const torch::Tensor w = window.to(torch::kFloat64).contiguous();
+  if (w.numel() != 3) throw InputError("the checkpoint's loop.window holds " + std::to_string(w.numel()) + " values, not 3");
+  loop.window_sum = w[0].item<double>();
+  loop.window_n = static_cast<std::int64_t>(w[1].item<double>());
+  loop.elapsed = w[2].item<double>();
+}
+
 // Restores the trainer and the loop from a checkpoint (InputError naming the file if it does not fit).
 void restore(const Checkpoint& checkpoint, Trainer& trainer, LoopState& loop) {
-  torch::serialize::InputArchive archive = open_payload(checkpoint);
-  try {
-    torch::serialize::InputArchive state;
-    archive.read("trainer", state);
-    trainer.load_state(state);
-    loop.csv = read_string(archive, "loop.csv");
-    torch::Tensor losses, logged, window;
-    archive.read("loop.losses", losses);
-    archive.read("loop.logged", logged);
-    archive.read("loop.window", window);
-    loop.losses.assign(losses.data_ptr<double>(), losses.data_ptr<double>() + losses.numel());
-    loop.logged.assign(logged.data_ptr<std::int64_t>(), logged.data_ptr<std::int64_t>() + logged.numel());
-    auto w = window.accessor<double, 1>();
-    loop.window_sum = w[0];
-    loop.window_n = static_cast<std::int64_t>(w[1]);
-    loop.elapsed = w[2];
-  } catch (const c10::Error& e) {
-    std::string reason = e.what_without_backtrace();
-    throw InputError(checkpoint.file.string() +
-                     ": checkpoint does not fit this pipeline: " + reason.substr(0, reason.find('\n')));
+  const std::string file = checkpoint.file.string();
+  if (checkpoint.format >= 2) {
+    const NamedState state = NamedState::decode(checkpoint.payload, checkpoint.file);
+    trainer.load_state(state, file);
+    auto csv = state.texts.find("loop.csv");
+    if (csv == state.texts.end()) throw InputError(file + " lacks 'loop.csv'");
+    restore_loop(loop, csv->second, state.at("loop.losses", file), state.at("loop.logged", file),
+                 state.at("loop.window", file));
+  } else {
+    torch::serialize::InputArchive archive = open_legacy_payload(checkpoint);
+    try {
+      torch::serialize::InputArchive state;
+      archive.read("trainer", state);
+      trainer.load_legacy_state(state);
+      torch::Tensor losses, logged, window;
+      archive.read("loop.losses", losses);
+      archive.read("loop.logged", logged);
+      archive.read("loop.window", window);
+      restore_loop(loop, read_string(archive, "loop.csv"), losses, logged, window);
+    } catch (const c10::Error& e) {
+      std::string reason = e.what_without_backtrace();
+      throw InputError(file + ": checkpoint does not fit this pipeline: " + reason.substr(0, reason.find('\n')));
+    }
   }
   if (trainer.steps_done() != checkpoint.step)
-    throw InputError(fmt::format("{}: corrupt checkpoint: holds step {}, named step {}",
-                                 checkpoint.file.string(), trainer.steps_done(), checkpoint.step));
+    throw InputError(fmt::format("{}: corrupt checkpoint: holds step {}, named step {}", file,
+                                 trainer.steps_done(), checkpoint.step));
 }
 
 // SIGINT and SIGTERM while training: the first asks the loop to stop after the current step (and
@@ -803,12 +924,20 @@ std::string duration_text(double seconds) {
 }  // namespace
 
 std::map<std::string, std::string> checkpoint_training_keys(const Checkpoint& checkpoint) {
-  torch::serialize::InputArchive archive = open_payload(checkpoint);
   std::string text;
-  try {
-    text = read_string(archive, "training_keys");
-  } catch (const c10::Error&) {
-    throw InputError(checkpoint.file.string() + ": not a Pathline training checkpoint (no training_keys)");
+  if (checkpoint.format >= 2) {
+    const NamedState state = NamedState::decode(checkpoint.payload, checkpoint.file);
+    auto it = state.texts.find("training_keys");
+    if (it == state.texts.end())
+      throw InputError(checkpoint.file.string() + ": not a Pathline training checkpoint (no training_keys)");
+    text = it->second;
+  } else {
+    torch::serialize::InputArchive archive = open_legacy_payload(checkpoint);
+    try {
+      text = read_string(archive, "training_keys");
+    } catch (const c10::Error&) {
+      throw InputError(checkpoint.file.string() + ": not a Pathline training checkpoint (no training_keys)");
+    }
   }
   std::map<std::string, std::string> keys;
   std::istringstream lines(text);
@@ -866,7 +995,9 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   auto save_checkpoint = [&] {
     if (dp) trainer.gather_rank_states();  // collective: every rank, the same steps
     if (!saving) return;
-    last_checkpoint = store.save(trainer.steps_done(), checkpoint_payload(trainer, loop, keys));
+    const std::int64_t done = trainer.steps_done();
+    last_checkpoint =
+        store.save(done, checkpoint_payload(trainer, loop, keys, store.folder() / CheckpointStore::file_name(done)));
   };
 
   SignalGuard signals(options.handle_signals);

@@ -27,6 +27,9 @@ struct MetricResult {
   double value = 0.0;
   // Numbers worth reporting beside the value (a floor, a standard error), by name.
   std::map<std::string, double> details;
+  // What the value is, where the metric's type does not say it (charts, tables, summary.json):
+  // "W2 squared" for a wasserstein with squared = true. Empty: the type says it.
+  std::string quantity;
 };
 
 class PATHLINE_API Metric {

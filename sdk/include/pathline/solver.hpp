@@ -46,6 +46,11 @@ class PATHLINE_API Solver {
   virtual std::int64_t grid_steps() const = 0;
   // Integrates from x at req.t0() to req.t1() and returns the final state, shaped like x.
   virtual torch::Tensor solve(VectorField& field, torch::Tensor x, const SolveRequest& req) = 0;
+  // The quantities solve() asks the field for (VectorField::predict, velocity(), score(), data()),
+  // or derives from them itself. The engine keeps the sampling interval where the model's prediction
+  // converts to each with bounded error: a data-prediction solver on a path whose velocity says
+  // nothing about the data at t = 0 then starts a little later. Velocity by default.
+  virtual std::vector<Quantity> quantities() const { return {Quantity::velocity}; }
   // Counts worth reporting about the last solve(), by name (an adaptive solver's "accepted_steps"
   // and "rejected_steps"); the engine logs them and writes them to summary.json. None by default.
   virtual std::map<std::string, double> statistics() const { return {}; }

@@ -47,6 +47,13 @@ PATHLINE_API bool cuda_visible();
 // finds no GPU (CUDA_VISIBLE_DEVICES, the driver?)".
 PATHLINE_API std::string cuda_absence();
 
+// Everything that can be known before work starts, as `pathline validate` promises it: builds every
+// component (each checks its parameters against each other and against the data), checks the
+// labels asked for, and resolves the sampling interval and the solver's grid (the conversions the
+// solver needs must be well posed on the path). Nothing is trained or written. ConfigError, each
+// line naming the file, line and key (or the component's table) where the problem was given.
+PATHLINE_API void check_pipeline(const PipelineConfig& config, const Registry& registry);
+
 // Sets LibTorch's intra-op threads from [run] threads (0: every core), and keep_freed_memory().
 PATHLINE_API void apply_thread_setting(const PipelineConfig& config);
 // Tells the C library to keep freed memory for reuse instead of returning it to the system after

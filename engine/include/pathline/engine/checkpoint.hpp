@@ -27,15 +27,37 @@ PATHLINE_API std::string config_hash(const std::map<std::string, std::string>& k
 PATHLINE_API std::vector<std::string> changed_keys(const std::map<std::string, std::string>& before,
                                                    const std::map<std::string, std::string>& after);
 
-// One verified checkpoint: its file, its step and the payload (a LibTorch archive).
+// A training state as plain data: named tensors and named texts. A checkpoint's payload is one
+// safetensors blob of it (the texts in its header's metadata): nothing pickled, nothing executed
+// when read, and any name a module gives its parts reads back.
+struct PATHLINE_API NamedState {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::map<std::string, std::string> texts;
+
+  void add(std::string name, torch::Tensor tensor) { tensors.emplace_back(std::move(name), std::move(tensor)); }
+  // The tensor of that name, or nullptr.
+  const torch::Tensor* find(const std::string& name) const;
+  // The tensor of that name; InputError "<what> lacks '<name>'" without it.
+  const torch::Tensor& at(const std::string& name, const std::string& what) const;
+  // The tensors whose names start with `prefix`, the prefix removed, in order.
+  std::vector<std::pair<std::string, torch::Tensor>> with_prefix(const std::string& prefix) const;
+  // The safetensors bytes; decode checks them as read_safetensors checks a file (`file` names them).
+  std::string encode(const std::filesystem::path& file) const;
+  static NamedState decode(const std::string& bytes, const std::filesystem::path& file);
+};
+
+// One verified checkpoint: its file, its step and the payload: format 2, a NamedState's bytes;
+// format 1 (written before Pathline 0.2), a LibTorch archive, still read for resuming old runs.
 struct Checkpoint {
   std::filesystem::path file;
   std::int64_t step = 0;
+  int format = 2;
   std::string payload;
 };
 
-// The frame around a payload: a 16-byte magic, the step, the payload's length and its CRC-32,
-// and the CRC-32 of those fields. A truncated, extended or altered file fails verification.
+// The frame around a payload: a 16-byte magic naming the format, the step, the payload's length
+// and its CRC-32, and the CRC-32 of those fields. A truncated, extended or altered file fails
+// verification. Writes format 2.
 PATHLINE_API std::string frame_checkpoint(std::int64_t step, const std::string& payload);
 // Reads and verifies a checkpoint; InputError "FILE: corrupt checkpoint: <what>" otherwise.
 PATHLINE_API Checkpoint read_checkpoint(const std::filesystem::path& file);

@@ -48,6 +48,7 @@ struct ComponentConfig {
   std::vector<std::string> order;  // parameter names in declaration order, for writing back
   Params entry;                    // entry_specs(slot) values, for entries of a `many` slot
   std::string name;                // entries of a `many` slot: the unique name results are filed under
+  std::string where;               // "file:line:column" of its `type` key, "--set ...", or the file
 };
 
 // Engine tables and their specs.
@@ -62,8 +63,16 @@ struct PipelineConfig {
   // What validation did that the user may not expect (keys dropped by a --set X.type=...), one line
   // each; `pathline validate` prints them.
   std::vector<std::string> notes;
+  // Where each value given in the file or by --set came from, by "table.key" (entries of a list
+  // slot: "metric[1].key"): "file:line:column" or "--set text". Keys left at their default have none.
+  std::map<std::string, std::string> positions;
 
   const ComponentConfig& component(const std::string& slot) const { return components.at(slot); }
+  // positions.at(key), else the file's name: for messages about a value checked after validation.
+  std::string position_of(const std::string& key) const {
+    auto it = positions.find(key);
+    return it != positions.end() ? it->second : source.string();
+  }
   const std::vector<ComponentConfig>& metrics() const;
   const Params& table(const std::string& name) const { return engine.at(name); }
   // The resolved config as TOML, every default written out: a run is reproducible from it alone.

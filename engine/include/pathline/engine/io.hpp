@@ -37,12 +37,21 @@ PATHLINE_API torch::Tensor read_npy(const std::filesystem::path& file);
 PATHLINE_API void write_safetensors(const std::filesystem::path& file,
                                     const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                                     const std::map<std::string, std::string>& metadata = {});
+// The same bytes as write_safetensors writes, in memory (`file` only names them in errors).
+PATHLINE_API std::string encode_safetensors(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                                            const std::map<std::string, std::string>& metadata,
+                                            const std::filesystem::path& file);
 // Reads a safetensors file, tensors in the order of their data offsets; fills `metadata` (when
 // given) with the "__metadata__" object, or clears it. Checks the whole layout first: the header is
 // a JSON object, every dtype is known, shapes and byte ranges agree, and the tensors cover the data
 // section exactly, without gaps or overlaps. Throws InputError, "file: what is wrong", otherwise.
 PATHLINE_API std::vector<std::pair<std::string, torch::Tensor>> read_safetensors(
     const std::filesystem::path& file, std::map<std::string, std::string>* metadata = nullptr);
+// The same checks and result for safetensors bytes in memory; `what` names them in errors (e.g. a
+// checkpoint file whose payload they are).
+PATHLINE_API std::vector<std::pair<std::string, torch::Tensor>> decode_safetensors(
+    const std::string& bytes, const std::filesystem::path& what,
+    std::map<std::string, std::string>* metadata = nullptr);
 
 // A module's parameters, then its buffers, under LibTorch's dotted names ("blocks.0.attn.qkv.weight"),
 // detached (they share memory with the module). Undefined ones (a Linear without bias) are left out.

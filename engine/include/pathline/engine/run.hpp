@@ -16,9 +16,16 @@ PATHLINE_API std::filesystem::path create_run_dir(const PipelineConfig& config,
                                                   const std::optional<std::filesystem::path>& explicit_dir,
                                                   bool overwrite);
 
-// Weights: save a model and load them back into a freshly built one (InputError naming the file).
-PATHLINE_API void save_weights(Model& model, const std::filesystem::path& file);
+// Weights: a model's parameters and buffers as a safetensors file under their module-tree names
+// (docs/weights.md), and back into a freshly built model. load_weights also reads the LibTorch
+// archives (.pt) that runs made before Pathline 0.2 wrote. InputError naming the file, and the
+// tensor (whose dotted name says the module) that is missing, unexpected or of another shape.
+PATHLINE_API void save_weights(Model& model, const std::filesystem::path& file,
+                               const std::map<std::string, std::string>& metadata = {});
 PATHLINE_API void load_weights(Model& model, const std::filesystem::path& file);
+// The weights file of a run that sampling reads: "model.safetensors" (EMA weights when kept),
+// "model-raw.safetensors" (use_ema false beside EMA), or an older run's "model-ema.pt" / "model.pt".
+PATHLINE_API std::string run_weights_file(const std::filesystem::path& run_dir, bool use_ema);
 
 // Where long loops (training, sampling many batches) report progress: a line rewritten in place
 // on a terminal. Unset (the default), they print plain log lines now and then instead.

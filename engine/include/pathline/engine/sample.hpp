@@ -38,10 +38,21 @@ class PATHLINE_API ModelField final : public VectorField {
   std::int64_t evaluations_ = 0;
 };
 
+// How much the conversion of a prediction of `from` into `to` multiplies its errors at time t on the
+// path (|d to / d from| at fixed x_t); 1 when from == to. A noise prediction's velocity on the
+// linear path has gain 1 / t, a velocity's data prediction on the polynomial path (n > 1) gains
+// (1 - t^n) / (n t^(n-1)), unbounded at t = 0.
+PATHLINE_API double conversion_gain(const Path& path, Quantity from, Quantity to, double t);
+// The most an automatic sampling interval lets a conversion multiply the model's errors by: 50, the
+// gain of a noise prediction at t = 0.02 on the linear path (parameterizations' kSafeCoefficient).
+inline constexpr double kMaxConversionGain = 50.0;
+
 // Where sampling integrates, resolved from [sample] t_start, t_end and final_step. "auto" ends come
 // from the parameterization's safe_interval on the path (noise and score predictions start past
-// t = 0, where they say nothing about the data; data prediction stops short of t = 1); an explicit
-// value is kept as written. `denoise`: after the solver, one more evaluation jumps from x(t_end) to
+// t = 0, where they say nothing about the data; data prediction stops short of t = 1), narrowed to
+// where each quantity the solver asks for (Solver::quantities) follows from the model's prediction
+// with a conversion gain of at most kMaxConversionGain; an explicit value is kept as written. A
+// solver whose quantities no interval can give is a ConfigError naming the [solver]. `denoise`: after the solver, one more evaluation jumps from x(t_end) to
 // the predicted data x1_hat (final_step = "denoise", or "auto" with t_end < 1).
 struct SamplingInterval {
   double t_start = 0.0, t_end = 1.0;

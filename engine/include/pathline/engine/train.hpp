@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "pathline/engine/build.hpp"
+#include "pathline/engine/checkpoint.hpp"
 
 namespace pathline {
 
@@ -107,9 +108,13 @@ class PATHLINE_API Trainer {
   // The decay applied after step `step` (0-based): ema_decay, or its warm-up.
   double ema_decay_at(std::int64_t step) const;
 
-  // The full training state, for checkpoints.
-  void save_state(torch::serialize::OutputArchive& archive) const;
-  void load_state(torch::serialize::InputArchive& archive);
+  // The full training state, for checkpoints: data only, under names that say what each tensor is.
+  // load_state checks every name and shape first and throws InputError naming `what` (the
+  // checkpoint file) and the first tensor that is missing or does not fit.
+  void save_state(NamedState& state) const;
+  void load_state(const NamedState& state, const std::string& what);
+  // A checkpoint of format 1 (a LibTorch archive, before Pathline 0.2).
+  void load_legacy_state(torch::serialize::InputArchive& archive);
 
  private:
   // One rank's share: source and target (coupled), times, labels after dropout (or undefined).

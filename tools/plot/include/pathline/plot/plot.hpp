@@ -21,6 +21,9 @@ struct Series {
   std::vector<double> x, y;  // same length
   bool markers = true;       // a marker at every point
   bool lines = true;         // joined by a line
+  // Error bars: y +- error[i] (one standard deviation over seeds, say); empty, or one per point (0
+  // or NaN: no bar at that point).
+  std::vector<double> error = {};
 };
 
 struct Axes {
@@ -55,9 +58,26 @@ PATHLINE_PLOT_API std::string panel_chart(const std::filesystem::path& file, con
 // How many series a chart tells apart by colour (matplotlib's tab10 cycle); more repeat colours.
 inline constexpr int kDistinctColours = 10;
 
-// One bar per label, the value written above it.
+// One bar per label, the value written above it; with `errors` (empty, or one per bar) an error bar
+// of +- errors[i] on each.
 PATHLINE_PLOT_API std::string bar_chart(const std::filesystem::path& file, const Axes& axes,
-                                        const std::vector<std::string>& labels,
-                                        const std::vector<double>& values);
+                                        const std::vector<std::string>& labels, const std::vector<double>& values,
+                                        const std::vector<double>& errors = {});
+
+// A sheet of small images drawn at a size a person looks at: `pixels` holds the tiles laid out as a
+// grid (rows x columns of tile_width x tile_height 8-bit pixels, `pad` pixels between them, channels
+// 1 or 3 interleaved, row-major), each pixel drawn as a square of screen pixels (nearest neighbour:
+// pixels stay pixels) so that the sheet is at least `min_width` pixels wide; each tile row labelled
+// on its left with row_labels[r] and each tile column on top with column_labels[c] (none when the
+// list is empty), the title above. PNG only: the pixels are the content.
+struct ImageSheet {
+  int width = 0, height = 0, channels = 1;
+  std::vector<unsigned char> pixels;
+  int tile_width = 0, tile_height = 0, pad = 0;
+  std::vector<std::string> row_labels, column_labels;
+  std::string title;
+};
+PATHLINE_PLOT_API std::string image_sheet(const std::filesystem::path& file, const ImageSheet& sheet,
+                                          int min_width = 800);
 
 }  // namespace pathline::plot
