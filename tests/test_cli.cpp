@@ -337,13 +337,27 @@ TEST(Cli, BenchMeasuresTrainingSamplingAndMatrixProducts) {
   EXPECT_EQ(s["nfe"], 6);  // midpoint: two evaluations a step
   EXPECT_EQ(s["n"], 50);
   EXPECT_GT(s["samples_per_s"].get<double>(), 0.0);
+  // Forward passes only: 2 x MACs per evaluation, NFE evaluations per sample.
+  EXPECT_NEAR(s["gflops"].get<double>(),
+              2.0 * s["macs_per_sample"].get<double>() * 6 * s["samples_per_s"].get<double>() / 1e9, 1e-9);
 
   auto peak = run_cli("bench peak --size 64 --repeats 2 --threads 1");
   ASSERT_EQ(peak.code, 0) << peak.err;
   auto p = nlohmann::json::parse(peak.out);
   EXPECT_EQ(p["size"], 64);
   EXPECT_EQ(p["threads"], 1);
+  EXPECT_EQ(p["dtype"], "float32");
   EXPECT_GT(p["gflops"].get<double>(), 0.0);
+  // The build summary the benchmarks compare with torch.__config__.show().
+  EXPECT_NE(p["torch_config"].get<std::string>().find("PyTorch built with"), std::string::npos);
+  auto bf16 = run_cli("bench peak --size 64 --repeats 1 --threads 1 --dtype bfloat16");
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  EXPECT_EQ(nlohmann::json::parse(bf16.out)["dtype"], "bfloat16");
+  EXPECT_GT(nlohmann::json::parse(bf16.out)["gflops"].get<double>(), 0.0);
+  auto half = run_cli("bench peak --size 64 --dtype float16");
+  EXPECT_EQ(half.code, 2);
+  EXPECT_NE(half.err.find("--dtype must be float32 or bfloat16, got 'float16'"), std::string::npos)
+      << half.err;
 
   auto bad = run_cli("bench walk");
   EXPECT_EQ(bad.code, 2);

@@ -1,5 +1,6 @@
 #include "pathline/engine/bench.hpp"
 
+#include <ATen/Version.h>
 #include <sys/resource.h>
 
 #include <chrono>
@@ -82,22 +83,28 @@ std::string bench_sample(const PipelineConfig& config, const Registry& registry,
   for (std::int64_t k = 0; k < options.repeats; ++k) result = sample(config, c);
   const double seconds = seconds_since(start);
   const std::int64_t n = config.table("sample").integer("n");
+  const double samples_per_s = static_cast<double>(n * options.repeats) / seconds;
+  const double macs = c.model->macs_per_sample();
   nlohmann::json out = common("sample");
   out.update({{"repeats", options.repeats},
               {"seconds", seconds},
-              {"samples_per_s", static_cast<double>(n * options.repeats) / seconds},
+              {"samples_per_s", samples_per_s},
               {"n", n},
               {"nfe", result.nfe},
+              // Each evaluation is one forward pass per sample.
+              {"gflops", 2.0 * macs * static_cast<double>(result.nfe) * samples_per_s / 1e9},
+              {"macs_per_sample", macs},
               {"peak_mb", peak_mb()}});
   return out.dump();
 }
 
-std::string bench_peak(std::int64_t size, int threads, const BenchOptions& options) {
+std::string bench_peak(std::int64_t size, int threads, torch::ScalarType dtype, const BenchOptions& options) {
   at::set_num_threads(threads > 0 ? threads
                                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   torch::NoGradGuard no_grad;
-  torch::Tensor a = torch::randn({size, size}), b = torch::randn({size, size}),
-                out = torch::empty({size, size});
+  const auto type = torch::TensorOptions().dtype(dtype);
+  torch::Tensor a = torch::randn({size, size}, type), b = torch::randn({size, size}, type),
+                out = torch::empty({size, size}, type);
   for (std::int64_t k = 0; k < std::max<std::int64_t>(options.warmup, 1); ++k) at::mm_out(out, a, b);
   double best = 0.0;
   for (std::int64_t k = 0; k < std::max<std::int64_t>(options.repeats, 1); ++k) {
@@ -106,7 +113,14 @@ std::string bench_peak(std::int64_t size, int threads, const BenchOptions& optio
     best = std::max(best, 2.0 * std::pow(static_cast<double>(size), 3) / seconds_since(start) / 1e9);
   }
   nlohmann::json result = common("peak");
-  result.update({{"gflops", best}, {"size", size}});
+  // The build summary (BLAS, oneDNN, CPU capability) says whose kernels gave the rate; it is what
+  // torch.__config__.show() prints, so a script can check that it runs the same library.
+  result.update({{"gflops", best},
+                 {"size", size},
+                 {"dtype", dtype == torch::kBFloat16 ? "bfloat16" : "float32"},
+                 {"torch", TORCH_VERSION},
+                 {"torch_config", at::show_config()},
+                 {"peak_mb", peak_mb()}});
   return result.dump();
 }
 
