@@ -404,7 +404,12 @@ int cmd_sample(const std::vector<std::string>& args) {
   if (vm->count("weights")) weights = (*vm)["weights"].as<std::string>();
   std::optional<std::filesystem::path> noise;
   if (vm->count("noise")) noise = (*vm)["noise"].as<std::string>();
-  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights, noise);
+  std::filesystem::path dir;
+  try {
+    dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights, noise);
+  } catch (const ArgumentFileError& e) {
+    throw UsageError(e.what());  // --noise names a file that cannot serve: bad usage, exit 2
+  }
   if (!dir.empty()) std::cout << dir.string() << "\n";  // ranks other than 0 write no run
   return kOk;
 }

@@ -503,14 +503,21 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
                     const std::vector<std::string>& overrides, const std::optional<fs::path>& out_dir,
                     const Logger& log, const std::optional<fs::path>& weights,
                     const std::optional<fs::path>& noise_file) {
-  LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  // The noise file first: a mistyped name is reported before the weights are loaded.
   torch::Tensor noise;
   if (noise_file) {
-    noise = read_npy(*noise_file);
+    try {
+      noise = read_npy(*noise_file);  // its messages start with the file
+    } catch (const InputError& e) {
+      throw ArgumentFileError(e.what());
+    }
+  }
+  LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  if (noise_file) {
     try {
       check_noise(noise, run.components.data());
     } catch (const InputError& e) {
-      throw InputError(noise_file->string() + ": " + e.what());
+      throw ArgumentFileError(noise_file->string() + ": " + e.what());
     }
   }
   std::error_code ec;

@@ -16,6 +16,13 @@ PATHLINE_API std::filesystem::path create_run_dir(const PipelineConfig& config,
                                                   const std::optional<std::filesystem::path>& explicit_dir,
                                                   bool overwrite);
 
+// A file named on the command line that cannot serve as given (`pathline sample --noise`): the
+// command line reports it as bad usage (exit 2), one line that starts with the file.
+class PATHLINE_API ArgumentFileError : public InputError {
+ public:
+  using InputError::InputError;
+};
+
 // Weights: save a model and load them back into a freshly built one (InputError naming the file).
 PATHLINE_API void save_weights(Model& model, const std::filesystem::path& file);
 PATHLINE_API void load_weights(Model& model, const std::filesystem::path& file);
@@ -52,7 +59,9 @@ PATHLINE_API std::filesystem::path resume_job(const std::filesystem::path& run_d
 // loads its weights (or `weights`: a model.pt-style archive or a .safetensors file with the model's
 // parameter names), samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
 // `noise`: a .npy file of source points [n, *shape] to start from instead of drawing [sample] n of
-// them (reproducible sampling, comparisons with other integrators, inversion).
+// them (reproducible sampling, comparisons with other integrators, inversion). A noise file that
+// is missing, unreadable, of another shape, not floating point or not finite throws
+// ArgumentFileError, "FILE: what is wrong", before anything is written.
 PATHLINE_API std::filesystem::path sample_job(
     const std::filesystem::path& run_dir, const Registry& registry, const std::vector<std::string>& overrides,
     const std::optional<std::filesystem::path>& out_dir, const Logger& log,
