@@ -7,6 +7,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#if defined(PATHLINE_TORCH_HAS_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
 #include "pathline/engine/sample.hpp"
 #include "pathline/engine/train.hpp"
 
@@ -27,8 +31,27 @@ double peak_mb() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
+// The most GPU memory LibTorch's allocator has handed out on `device` so far, in MiB (0 on the CPU).
+double gpu_peak_mb(const torch::Device& device) {
+#if defined(PATHLINE_TORCH_HAS_CUDA)
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // [0]: all pools
+  }
+#endif
+  (void)device;
+  return 0.0;
+}
+
 nlohmann::json common(const char* job) {
   return {{"job", job}, {"threads", at::get_num_threads()}, {"blas", blas_kernel_name()}};
+}
+
+// Where a benchmark ran: "cpu" or "cuda:0", and on a GPU the peak of its memory.
+nlohmann::json placement(const torch::Device& device) {
+  nlohmann::json out = {{"device", device.str()}};
+  if (device.is_cuda()) out["gpu_peak_mb"] = gpu_peak_mb(device);
+  return out;
 }
 
 }  // namespace
@@ -69,6 +92,7 @@ std::string bench_train(const PipelineConfig& config, const Registry& registry, 
               {"first_loss", losses.empty() ? 0.0 : losses.front()},
               {"last_loss", mean_of_last(20)},
               {"peak_mb", peak_mb()}});
+  out.update(placement(c.context.device));
   return out.dump();
 }
 
@@ -95,6 +119,7 @@ std::string bench_sample(const PipelineConfig& config, const Registry& registry,
               {"gflops", 2.0 * macs * static_cast<double>(result.nfe) * samples_per_s / 1e9},
               {"macs_per_sample", macs},
               {"peak_mb", peak_mb()}});
+  out.update(placement(c.context.device));
   return out.dump();
 }
 

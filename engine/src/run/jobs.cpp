@@ -141,8 +141,8 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
     }
     return;
   }
-  if (data.shape.size() != 1 || data.shape[0] < 2) return;
-  // 2D data (the first two coordinates of anything flat).
+  // 2D data (the first two coordinates of anything flat), drawn as charts unless this build has none.
+  if (data.shape.size() != 1 || data.shape[0] < 2 || !plot::available()) return;
   at::Generator gen =
       make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::plot);
   torch::Tensor reference = c.dataset->sample(std::min<std::int64_t>(s.samples.size(0), 20000), gen).x;
@@ -160,7 +160,7 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
 }
 
 void write_loss_curve(const fs::path& dir, const TrainResult& trained) {
-  if (trained.losses.empty()) return;
+  if (trained.losses.empty() || !plot::available()) return;
   plot::Series series;
   series.label = "training loss";
   series.markers = trained.losses.size() <= 50;
