@@ -6,6 +6,7 @@
 
 #include "pathline/engine/build.hpp"
 #include "pathline/engine/io.hpp"
+#include "pathline/plot/plot.hpp"
 #include "support/support.hpp"
 
 namespace pathline {
@@ -87,7 +88,7 @@ TEST(Cli, PluginDirAndEnvironmentAddPluginsAndReportBrokenOnes) {
       << e.out;
   // Broken plugins are warnings, one line each, on stderr.
   for (const auto& line : lines_of(e.err)) EXPECT_EQ(line.rfind("pathline: warning: plugin ", 0), 0u) << line;
-  EXPECT_EQ(lines_of(e.err).size(), 9u);
+  EXPECT_EQ(lines_of(e.err).size(), 11u);
 }
 
 TEST(Cli, InspectShowsEveryParameter) {
@@ -146,14 +147,13 @@ TEST(Cli, ValidateAcceptsGoodConfigAndOverrides) {
 }
 
 TEST(Cli, CudaRequestedWithoutCudaIsAConfigError) {
-  if (torch::cuda::is_available()) GTEST_SKIP();
+  if (cuda_visible()) GTEST_SKIP() << "a CUDA GPU is visible (Cuda.CudaWithoutAGpuIsRefused... hides it)";
   TempDir dir;
   write_text(dir / "good.toml", kGood);
   auto r = run_cli("run good.toml --set run.device=cuda", dir.path());
   EXPECT_EQ(r.code, 2);
-  EXPECT_EQ(r.err,
-            "--set run.device=cuda: run.device = \"cuda\", but CUDA is not available to this LibTorch build "
-            "(torch::cuda::is_available() is false); use \"cpu\"\n");
+  EXPECT_EQ(r.err, "--set run.device=cuda: run.device = \"cuda\", but " + cuda_absence() +
+                       "; use \"auto\" or \"cpu\"\n");
   EXPECT_FALSE(std::filesystem::exists(dir / "runs"));
 }
 
@@ -169,9 +169,11 @@ TEST(Cli, RunTrainAndSampleEndToEnd) {
   auto r = run_cli("run good.toml", dir.path());
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "runs/good\n");
-  for (std::string f : {"config.toml", "metrics.csv", "model.safetensors", "samples.npy", "samples.png",
-                        "trajectories.png", "summary.json"})
+  for (std::string f : {"config.toml", "metrics.csv", "model.safetensors", "samples.npy", "summary.json"})
     EXPECT_TRUE(std::filesystem::exists(dir / ("runs/good/" + f))) << f;
+  // The charts of 2D samples, in a build that draws charts (PATHLINE_CHARTS).
+  for (std::string f : {"samples.png", "trajectories.png"})
+    EXPECT_EQ(std::filesystem::exists(dir / ("runs/good/" + f)), plot::available()) << f;
   // A second run never overwrites the first.
   auto again = run_cli("run good.toml", dir.path());
   EXPECT_EQ(again.code, 0);
@@ -323,7 +325,10 @@ TEST(Cli, BenchMeasuresTrainingSamplingAndMatrixProducts) {
   EXPECT_NEAR(t["samples_per_s"].get<double>(), 32 * t["steps_per_s"].get<double>(), 1e-6);
   // The quickstart MLP: 4 layers of 256 on [x, 32 time features]: (34 + 3 x 256) x 256 + 256 x 2.
   EXPECT_EQ(t["macs_per_sample"].get<double>(), (34.0 + 3 * 256) * 256 + 256 * 2);
-  EXPECT_TRUE(t["fused_optimizer"].get<bool>());
+  // device = "auto": the GPU where one is visible, and there LibTorch's optimizer (the fused one
+  // updates float32 CPU weights).
+  EXPECT_EQ(t["device"], cuda_visible() ? "cuda:0" : "cpu");
+  EXPECT_EQ(t["fused_optimizer"].get<bool>(), !cuda_visible());
   EXPECT_GT(t["peak_mb"].get<double>(), 10.0);
   EXPECT_TRUE(std::isfinite(t["last_loss"].get<double>()));
 
@@ -334,14 +339,29 @@ TEST(Cli, BenchMeasuresTrainingSamplingAndMatrixProducts) {
   auto s = nlohmann::json::parse(sample.out);
   EXPECT_EQ(s["nfe"], 6);  // midpoint: two evaluations a step
   EXPECT_EQ(s["n"], 50);
+  EXPECT_EQ(s["device"], cuda_visible() ? "cuda:0" : "cpu");
   EXPECT_GT(s["samples_per_s"].get<double>(), 0.0);
+  // Forward passes only: 2 x MACs per evaluation, NFE evaluations per sample.
+  EXPECT_NEAR(s["gflops"].get<double>(),
+              2.0 * s["macs_per_sample"].get<double>() * 6 * s["samples_per_s"].get<double>() / 1e9, 1e-9);
 
   auto peak = run_cli("bench peak --size 64 --repeats 2 --threads 1");
   ASSERT_EQ(peak.code, 0) << peak.err;
   auto p = nlohmann::json::parse(peak.out);
   EXPECT_EQ(p["size"], 64);
   EXPECT_EQ(p["threads"], 1);
+  EXPECT_EQ(p["dtype"], "float32");
   EXPECT_GT(p["gflops"].get<double>(), 0.0);
+  // The build summary the benchmarks compare with torch.__config__.show().
+  EXPECT_NE(p["torch_config"].get<std::string>().find("PyTorch built with"), std::string::npos);
+  auto bf16 = run_cli("bench peak --size 64 --repeats 1 --threads 1 --dtype bfloat16");
+  ASSERT_EQ(bf16.code, 0) << bf16.err;
+  EXPECT_EQ(nlohmann::json::parse(bf16.out)["dtype"], "bfloat16");
+  EXPECT_GT(nlohmann::json::parse(bf16.out)["gflops"].get<double>(), 0.0);
+  auto half = run_cli("bench peak --size 64 --dtype float16");
+  EXPECT_EQ(half.code, 2);
+  EXPECT_NE(half.err.find("--dtype must be float32 or bfloat16, got 'float16'"), std::string::npos)
+      << half.err;
 
   auto bad = run_cli("bench walk");
   EXPECT_EQ(bad.code, 2);

@@ -1,6 +1,7 @@
 // Pipeline config validation: the table of slots, every kind of error with its exact message and
 // position, all of them in one pass; list parameters; metric entries and their names; overrides,
 // including type changes and list entries; defaults; the resolved config round trip.
+#include "pathline/engine/build.hpp"
 #include "pathline/engine/config.hpp"
 #include "support/support.hpp"
 
@@ -173,7 +174,8 @@ TEST(Config, ValidConfigFillsEveryDefault) {
   EXPECT_DOUBLE_EQ(c.table("train").real("label_dropout"), 0.1);
   EXPECT_DOUBLE_EQ(c.table("sample").real("guidance_scale"), 1.0);
   EXPECT_TRUE(c.table("sample").int_list("labels").empty());
-  EXPECT_EQ(c.table("run").string("device"), "cpu");
+  EXPECT_EQ(c.table("run").string("device"), "auto");
+  EXPECT_FALSE(c.table("run").boolean("deterministic"));
 }
 
 TEST(Config, SourceIsAnyDataset) {
@@ -367,13 +369,11 @@ TEST(Config, ReportsEveryProblemInOnePassInFileOrder) {
 }
 
 TEST(Config, CudaWithoutCudaIsAConfigError) {
-  if (torch::cuda::is_available()) GTEST_SKIP() << "this LibTorch has CUDA";
-  EXPECT_EQ(one_problem(kBase + "[run]\ndevice = \"cuda\"\n"),
-            "pipe.toml:9:10: run.device = \"cuda\", but CUDA is not available to this LibTorch build "
-            "(torch::cuda::is_available() is false); use \"cpu\"");
-  EXPECT_EQ(one_problem(kBase, {"run.device=cuda"}),
-            "--set run.device=cuda: run.device = \"cuda\", but CUDA is not available to this LibTorch build "
-            "(torch::cuda::is_available() is false); use \"cpu\"");
+  if (cuda_visible()) GTEST_SKIP() << "a CUDA GPU is visible (Cuda.CudaWithoutAGpuIsRefused... hides it)";
+  const std::string why = "run.device = \"cuda\", but " + cuda_absence() + "; use \"auto\" or \"cpu\"";
+  EXPECT_EQ(one_problem(kBase + "[run]\ndevice = \"cuda\"\n"), "pipe.toml:9:10: " + why);
+  EXPECT_EQ(one_problem(kBase, {"run.device=cuda"}), "--set run.device=cuda: " + why);
+  EXPECT_TRUE(problems(kBase + "[run]\ndevice = \"auto\"\n").empty());
 }
 
 TEST(Config, MissingFileIsOneLine) {

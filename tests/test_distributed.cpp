@@ -1,11 +1,7 @@
 // Data-parallel training over c10d/Gloo on loopback: two ranks against one process, a rank killed,
-// `pathline launch`, resume after a kill, and the environment's rendezvous variables.
-#include <arpa/inet.h>
-#include <netinet/in.h>
+// `pathline launch`, resume after a kill, and the environment's rendezvous variables. On the CPU
+// also where a GPU is visible (device = "auto" would put every rank on one; NCCL: test_cuda.cpp).
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -16,15 +12,20 @@
 #include "pathline/engine/distributed.hpp"
 #include "pathline/engine/pipeline.hpp"
 #include "pathline/engine/run.hpp"
+#include "support/ranks.hpp"
 #include "support/support.hpp"
 
 namespace pathline {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::free_port;
+using testing::rank_env;
 using testing::read_text;
 using testing::run_cli;
+using testing::start_cli;
 using testing::TempDir;
+using testing::wait_exit;
 using testing::write_text;
 
 const char* kPipeline = R"(
@@ -56,44 +57,8 @@ trajectories = 0
 [run]
 threads = 1
 timeout = 20
+device = "cpu"
 )";
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t size = sizeof(address);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  const int port = ntohs(address.sin_port);
-  ::close(fd);
-  return port;
-}
-
-std::string rank_env(int rank, int world, int port) {
-  return "RANK=" + std::to_string(rank) + " WORLD_SIZE=" + std::to_string(world) +
-         " LOCAL_RANK=" + std::to_string(rank) + " LOCAL_WORLD_SIZE=" + std::to_string(world) +
-         " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port);
-}
-
-// Starts `pathline ARGS` in the background with ENV; returns its pid (stderr to `log`).
-pid_t start_cli(const std::string& env, const std::string& args, const fs::path& log) {
-  const std::string command = "exec env " + env + " '" + std::string(PATHLINE_CLI) + "' " + args +
-                              " >/dev/null 2>'" + log.string() + "'";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 std::vector<torch::Tensor> run_weights(const fs::path& run, const std::string& file = "model-raw.safetensors") {
   PipelineConfig config = load_config(run / "config.toml", testing::builtin_registry());
@@ -236,7 +201,7 @@ TEST(Distributed, LaunchRunsTheQuickstartOnTwoRanksToTheSameQuality) {
   const std::string quickstart = std::string(PATHLINE_SOURCE_DIR) + "/configs/quickstart.toml";
   const std::string settings =
       " --set train.steps=600 --set train.batch_size=256 --set sample.n=2000 "
-      "--set sample.trajectories=0 --set run.threads=1";
+      "--set sample.trajectories=0 --set run.threads=1 --set run.device=cpu";
   auto two = run_cli("launch --nproc-per-node 2 --master-port 0 -- run '" + quickstart + "' --run-dir '" +
                      (dir / "two").string() + "'" + settings);
   ASSERT_EQ(two.code, 0) << two.err;

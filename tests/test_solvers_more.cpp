@@ -490,7 +490,7 @@ double ratio(const Path& path, double t) {
 
 TEST(EdmTimeGrid, EndsExactAndMonotoneOnEveryPath) {
   auto grid = make<TimeGrid>("edm");
-  for (const std::string name : {"linear", "cosine", "vp", "ve", "polynomial"}) {
+  for (const std::string& name : testing::builtin_registry().names(Kind::path)) {
     auto path = make<Path>(name);
     for (auto [t0, t1] : kIntervals)
       for (std::int64_t steps : {1, 2, 5, 18, 40}) {

@@ -108,8 +108,8 @@ TEST(TheoryPaths, DerivativesMatchCentralDifferences) {
 
 TEST(TheoryPaths, EachPathIsWhatItsPaperSays) {
   auto t = torch::linspace(0.0, 1.0, 101, torch::kFloat64);
-  // Cosine and VP preserve variance: alpha^2 + sigma^2 = 1.
-  for (const char* name : {"cosine", "vp"}) {
+  // Cosine, VP and linear VP preserve variance: alpha^2 + sigma^2 = 1.
+  for (const char* name : {"cosine", "vp", "linear_vp"}) {
     auto c = make<Path>(name)->coefficients(t);
     EXPECT_LT(max_abs(c.alpha.square() + c.sigma.square() - 1.0), 1e-12) << name;
   }
@@ -121,6 +121,11 @@ TEST(TheoryPaths, EachPathIsWhatItsPaperSays) {
   EXPECT_NEAR(vp.alpha[0].item<double>(), std::exp(-(0.2 + 12.0) / 4), 1e-15);
   // At t = 1, sigma' is -alpha alpha' over the clamped sigma: finite, large, negative.
   EXPECT_NEAR(vp.d_sigma[100].item<double>(), -0.1 / kMinDivisor, 1e-9);
+  // Linear VP: alpha = t, and sigma' = -t / sigma, floored at t = 1 like VP's.
+  auto lvp = make<Path>("linear_vp")->coefficients(t);
+  EXPECT_LT(max_abs(lvp.alpha - t), 1e-300);
+  EXPECT_LT(max_abs((lvp.d_sigma * lvp.sigma + t).slice(0, 0, 100)), 1e-12);
+  EXPECT_NEAR(lvp.d_sigma[100].item<double>(), -1.0 / kMinDivisor, 1e-9);
   // VE: alpha = 1, log sigma linear in t.
   auto ve = make<Path>("ve", {{"sigma_min", 0.02}, {"sigma_max", 8.0}})->coefficients(t);
   EXPECT_LT(max_abs(ve.alpha - 1.0), 0.0 + 1e-300);

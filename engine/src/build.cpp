@@ -161,12 +161,29 @@ void check_labels(const PipelineConfig& config, const DataInfo& data, const std:
                                 label, dataset_type, data.num_classes - 1));
 }
 
+// Turns LibTorch's deterministic kernels on or off as [run] deterministic says (process-wide).
+void apply_determinism(const PipelineConfig& config) {
+  const bool on = config.table("run").boolean("deterministic");
+  if (on) {
+    // cuBLAS shares its workspace between streams unless each gets a fixed size, and then its
+    // results can change from run to run (cuBLAS documentation, "Results reproducibility"). LibTorch
+    // reads the variable at the process's first matrix product: in the `pathline` command that comes
+    // later; a program that ran one before must set it itself (LibTorch's error then says so).
+    ::setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  }
+  // Set both ways: these are process-wide, and a process may build pipelines of both kinds.
+  at::globalContext().setDeterministicAlgorithms(on, /*warn_only=*/false);
+  at::globalContext().setDeterministicCuDNN(on);
+  if (on) at::globalContext().setBenchmarkCuDNN(false);  // timing-based choices differ between runs
+}
+
 }  // namespace
 
 Components build_components(const PipelineConfig& config, const Registry& registry) {
   Components c;
   BuildContext& ctx = c.context;
   ctx.device = run_device(config);
+  apply_determinism(config);
   ctx.seed = static_cast<std::uint64_t>(config.table("run").integer("seed"));
   // Parameter initialisation draws from LibTorch's global generator.
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));

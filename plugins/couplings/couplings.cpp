@@ -6,7 +6,7 @@
 //                 potentials, finished exactly by shortest augmenting paths (Hungarian method);
 //                 the solver lives in plugins/common/assignment.hpp, shared with `wasserstein`
 //   sinkhorn      entropic OT (Cuturi 2013), stable for small eps, then one noise row drawn per
-//                 data row from the plan
+//                 data row from the plan; the plan lives in plugins/common/sinkhorn.hpp
 //
 // Both OT couplings flatten samples to [B, D] for the cost, so images work like points. Every
 // coupling pairs whole rows: a label moves with the row it belongs to.
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/assignment.hpp"
+#include "common/sinkhorn.hpp"
 #include "pathline/plugin.hpp"
 
 namespace {
@@ -26,6 +27,7 @@ using pathline::BuildContext;
 using pathline::Params;
 using pathline::ParamSpec;
 using pathline_plugins::assignment::solve_assignment;
+using pathline_plugins::sinkhorn::entropic_plan;
 
 // The independent coupling q(x0) q(x1) of conditional flow matching (Lipman et al. 2022): row i of
 // the noise is paired with row i of the data, as drawn.
@@ -156,56 +158,12 @@ class SinkhornCoupling : public pathline::Coupling {
     if (!(eps > 0)) eps = reg_;  // every pairing costs the same (all rows equal): any plan is optimal
 
     // Row j of `weights`: P[:, j] up to a constant, the distribution of the noise row for data row j.
-    torch::Tensor weights = scaling_iterations(cost, eps);
-    if (!weights.defined()) weights = log_domain_iterations(cost, eps);
+    torch::Tensor weights = entropic_plan(cost, eps, iterations_, tolerance_).column_weights();
     auto rows = torch::multinomial(weights, 1, true, gen).squeeze(1);
     return {select_rows(source, rows), std::move(target)};
   }
 
  private:
-  // Sinkhorn's matrix scaling P = diag(a) K diag(b), K = exp(-(C - min C) / eps), two matrix-vector
-  // products per iteration. Only when the kernel's entries all lie in [e^-300, 1], so that neither
-  // they nor the scalings leave double range; returns an undefined tensor otherwise, or if the
-  // scalings still overflowed.
-  torch::Tensor scaling_iterations(const torch::Tensor& cost, double eps) const {
-    const double low = cost.min().item<double>();
-    if ((cost.max().item<double>() - low) / eps > 300) return {};
-    const std::int64_t n = cost.size(0);
-    const double marginal = 1.0 / static_cast<double>(n);
-    const auto kernel = (cost - low).div_(-eps).exp_();
-    auto a = torch::ones({n}, cost.options()), b = torch::ones({n}, cost.options());
-    for (std::int64_t it = 0; it < iterations_; ++it) {
-      a = marginal / kernel.mv(b);
-      b = marginal / kernel.t().mv(a);
-      // After the b update the columns sum to 1/n exactly; check the rows now and then.
-      if (tolerance_ > 0 && (it + 1) % 10 == 0 &&
-          (a * kernel.mv(b) - marginal).abs_().sum().item<double>() < tolerance_)
-        break;
-    }
-    if (!torch::isfinite(a).all().item<bool>() || !torch::isfinite(b).all().item<bool>()) return {};
-    return (kernel * a.unsqueeze(1)).t().contiguous();  // b_j is constant along row j
-  }
-
-  // The same on the dual potentials in log space, for any eps (Peyre & Cuturi 2019, sec. 4.4):
-  // f, g are the potentials divided by eps, log P = log K + f + g.
-  torch::Tensor log_domain_iterations(const torch::Tensor& cost, double eps) const {
-    const std::int64_t n = cost.size(0);
-    const auto log_kernel = cost.div(-eps);
-    const double log_marginal = -std::log(static_cast<double>(n));
-    auto f = torch::zeros({n, 1}, cost.options());
-    auto g = torch::zeros({1, n}, cost.options());
-    for (std::int64_t it = 0; it < iterations_; ++it) {
-      f = log_marginal - torch::logsumexp(log_kernel + g, 1, true);
-      g = log_marginal - torch::logsumexp(log_kernel + f, 0, true);
-      if (tolerance_ > 0 && (it + 1) % 10 == 0) {
-        auto rows = torch::logsumexp(log_kernel + f + g, 1).exp_();
-        if ((rows - std::exp(log_marginal)).abs_().sum().item<double>() < tolerance_) break;
-      }
-    }
-    auto conditional = (log_kernel + f).t().contiguous();  // g_j is constant along row j
-    return (conditional - std::get<0>(conditional.max(1, true))).exp_();
-  }
-
   double reg_;
   bool relative_;
   std::int64_t iterations_;

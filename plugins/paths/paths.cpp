@@ -86,6 +86,26 @@ class VpPath : public pathline::Path {
   double beta_min_, beta_max_;
 };
 
+// The "linear variance-preserving" path: alpha_t = t, sigma_t = sqrt(1 - t^2), so alpha^2 + sigma^2 = 1
+// like `cosine` and `vp`, with the signal coefficient linear in t. It is the LinearVPScheduler of Meta's
+// flow_matching library (flow_matching/path/scheduler/scheduler.py), which accompanies Lipman et al.
+// 2024 ("Flow Matching Guide and Code", affine paths given by a scheduler (alpha_t, sigma_t)); as a
+// time change of `cosine` it is t = sin(pi t' / 2). alpha'_t = 1, sigma'_t = -t / sigma_t.
+// sigma_t is computed as sqrt((1 - t)(1 + t)): 1 - t^2 would cancel near t = 1. At t = 1, sigma'
+// diverges like -1 / sqrt(2 (1 - t)) (integrably); as in VpPath, sigma's denominator is clamped to
+// pathline::kMinDivisor, so sigma' is exact wherever sigma_t >= 1e-4 (1 - t >= 5e-9: every float32 time
+// but 1) and -1 / kMinDivisor = -1e4 at t = 1 itself.
+class LinearVpPath : public pathline::Path {
+ public:
+  LinearVpPath(const Params&, const BuildContext&) {}
+
+  PathCoefficients coefficients(const torch::Tensor& t) const override {
+    torch::Tensor sigma = torch::sqrt((1.0 - t) * (1.0 + t));
+    torch::Tensor d_sigma = -t / sigma.clamp_min(pathline::kMinDivisor);
+    return {t.clone(), sigma, torch::ones_like(t), d_sigma};
+  }
+};
+
 // The variance-exploding path of SMLD / NCSN (Song & Ermon 2019), the VE SDE of Song et al. 2021
 // (eq. 9 and the perturbation kernel in its appendix B), written in our time as Lipman et al. 2022
 // (sec. 4.1, "Example I", the VE case):
@@ -156,6 +176,12 @@ void register_paths(pathline::Registrar& registrar) {
                        "noise rate beta at the noise end, t = 0; alpha_0 = exp(-(beta_min + beta_max) / 4)")
            .greater_than(0.0)
            .at_most(1000.0)}});
+  registrar.add_type<Path, LinearVpPath>(
+      ComponentDecl{"linear_vp",
+                    "x_t = t x1 + sqrt(1 - t^2) x0: variance preserving "
+                    "with alpha_t = t (flow_matching's LinearVPScheduler); "
+                    "sigma' = -t / sigma_t, floored to -1e4 at t = 1",
+                    {}});
   registrar.add_type<Path, VePath>(ComponentDecl{
       "ve",
       "SMLD / VE-SDE path (Song et al. 2021): x_t = x1 + sigma_min (sigma_max / sigma_min)^(1 - t) x0",

@@ -1,32 +1,34 @@
 #!/usr/bin/env python3
 r"""Training throughput of the `unet` and `dit` models of plugins/models-image, in plain PyTorch.
 
-The two networks below mirror plugins/models-image/unet.cpp and dit.cpp layer for layer (same
-widths, blocks, zero-initialised outputs; parameter counts agree), so their images/s is the bar
-the C++ models must reach on the same machine and the same LibTorch (Debian's 1.13 here). One step
-is what the engine does in training: a flow-matching loss on a batch (x_t = t x1 + (1 - t) x0,
+The two networks below mirror plugins/models-image/unet.cpp and dit.cpp layer for layer: the same
+widths and blocks, the same parameter and buffer names and shapes (a Pathline model.safetensors
+loads into them, strictly), the same initialisation, and the same operations: attention through
+torch.nn.functional.scaled_dot_product_attention on the same [batch, heads, tokens, d] layout,
+tanh-GELU, the time features as one addcmul and one sin. Their images/s is the bar the C++ models
+must reach on the same machine and the same torch (the project's pinned one in .venv). One step is
+what the engine does in training: a flow-matching loss on a batch (x_t = t x1 + (1 - t) x0,
 target x1 - x0), backward, one AdamW step.
 
-    /usr/bin/python3 tools/bench/image_models.py                    # both models, fp32 and bf16
-    /usr/bin/python3 tools/bench/image_models.py --model dit --precision bf16 --steps 5
+    .venv/bin/python tools/bench/image_models.py                    # both models, fp32 and bf16
+    .venv/bin/python tools/bench/image_models.py --model dit --precision bf16 --steps 5
+    .venv/bin/python tools/bench/image_models.py --model unet --channels-last
 
-The networks are written the plain PyTorch way (nn.Linear, softmax, F.gelu); the C++ models compute
-the same functions, with other kernels where LibTorch 1.13's are slow on CPU (token Linear layers
-as 1x1 convolutions, which oneDNN runs; their own bfloat16 softmax backward and tanh-GELU).
-Initialisations other than the zeroed layers are PyTorch's defaults: they do not change the speed.
+tools/bench/equivalence.py checks that these networks compute what Pathline's compute: it loads the
+same weights into both and compares their velocities.
 
 On a shared or virtualised machine wall time can vary several-fold between runs; each result line
-is followed by the CPU time and page faults per step. Two settings of the environment, the same
-for this script and the C++ models, remove most of the variation: glibc keeping freed memory
-instead of unmapping it (every new 80 MB attention tensor otherwise faults in page by page), and
-OpenMP threads that sleep instead of spinning at the end of parallel regions:
+is followed by the CPU time and page faults per step. Pathline keeps freed memory in the process
+(glibc's mallopt, engine/src/build.cpp); to give this script the same, and OpenMP threads that sleep
+instead of spinning at the end of parallel regions:
 
     OMP_WAIT_POLICY=passive \
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864 \
-    /usr/bin/python3 tools/bench/image_models.py
+    .venv/bin/python tools/bench/image_models.py
 """
 import argparse
 import json
+import math
 import resource
 import time
 
@@ -36,142 +38,195 @@ import torch.nn.functional as F
 
 
 def groups_for(channels):
-    # The largest of 32, 16, ..., 1 that divides the channel count (GroupNorm needs a divisor).
+    """The largest of 32, 16, ..., 1 that divides the channel count (GroupNorm needs a divisor)."""
     return next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
 
 
 def normalise(norm, x):
-    # In the norm's own precision: under CPU bfloat16 autocast the convolutions hand over bfloat16,
-    # and 1.13's CPU group norm refuses it with float32 weights (as in unet.cpp).
+    """GroupNorm in the norm's own precision, as unet.cpp does: under CPU bfloat16 autocast the
+    convolutions hand over bfloat16 activations, and the weights are float32."""
     return norm(x.to(norm.weight.dtype))
 
 
-def sinusoidal(t, features):
-    # sin(w_k t), cos(w_k t), angular frequencies w_k geometric from 1 to 1000 (as the C++ models).
-    half = features // 2
-    w = torch.logspace(0.0, 3.0, half) if half > 1 else torch.ones(1)
-    phase = t.reshape(-1, 1).float() * w
-    return torch.cat([phase.sin(), phase.cos()], 1)
+def conv(cin, cout, kernel, stride=1):
+    """unet.cpp's make_conv: 'same' padding for odd kernels."""
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def zeroed(layer):
+    """A layer whose output starts at zero (the last of each residual branch, adaLN-Zero)."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class TimeFeatures:
+    """image_model.hpp's TimeFeatures: sin(w_k t) and cos(w_k t) = sin(w_k t + pi / 2), w_k geometric
+    from 1 to 1000, as one addcmul and one sin; the buffers time_freqs and time_phase belong to the
+    model that owns the features, under those names."""
+
+    def __init__(self, owner, features):
+        half = features // 2
+        w = torch.ones(1) if half == 1 else torch.logspace(0.0, 3.0, half)
+        owner.register_buffer("time_freqs", torch.cat([w, w])[None])
+        owner.register_buffer("time_phase", torch.cat([torch.zeros(half), torch.full((half,), math.pi / 2)])[None])
+        self.owner = owner
+
+    def __call__(self, t, batch):
+        freqs, phase = self.owner.time_freqs, self.owner.time_phase
+        features = torch.addcmul(phase, t.to(freqs.dtype).reshape(-1, 1), freqs).sin_()
+        return features if features.shape[0] == batch else features.expand(batch, -1).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------
-# U-Net
+# U-Net (unet.cpp)
 
 
 class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3 -> GroupNorm, modulated by the embedding (scale, then shift) ->
+    SiLU -> dropout -> conv3x3 (zero) -> plus the input (through a 1x1 conv when the width changes)."""
+
     def __init__(self, cin, cout, emb, dropout):
         super().__init__()
+        self.out = cout
+        self.dropout = dropout
         self.norm1 = nn.GroupNorm(groups_for(cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb, 2 * cout)
+        self.conv1 = conv(cin, cout, 3)
+        self.film = nn.Linear(emb, 2 * cout)
         self.norm2 = nn.GroupNorm(groups_for(cout), cout)
-        self.drop = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else None
+        self.conv2 = zeroed(conv(cout, cout, 3))
+        self.skip = conv(cin, cout, 1) if cin != cout else None
 
     def forward(self, x, e):
         h = self.conv1(F.silu(normalise(self.norm1, x)))
-        scale, shift = self.emb(e)[:, :, None, None].chunk(2, 1)
-        h = torch.addcmul(shift, normalise(self.norm2, h), 1 + scale)
-        h = self.conv2(self.drop(F.silu(h)))
+        film = self.film(e)[:, :, None, None]
+        scale, shift = film[:, :self.out], film[:, self.out:]
+        h = F.silu(torch.addcmul(shift, normalise(self.norm2, h), scale + 1))
+        if self.dropout > 0:
+            h = F.dropout(h, self.dropout, self.training)
+        h = self.conv2(h)
         return (x if self.skip is None else self.skip(x)) + h
 
 
 class Attention(nn.Module):
+    """Self-attention over the positions, plus the input. Head h's q, k and v are the qkv conv's
+    channels [3 d h, 3 d h + d), [3 d h + d, 3 d h + 2 d), [3 d h + 2 d, 3 d (h + 1)) (unet.cpp)."""
+
     def __init__(self, channels, heads):
         super().__init__()
         self.heads = heads
         self.norm = nn.GroupNorm(groups_for(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.qkv = conv(channels, 3 * channels, 1)
+        self.proj = zeroed(conv(channels, channels, 1))
 
     def forward(self, x):
         b, c, h, w = x.shape
         d = c // self.heads
-        q, k, v = self.qkv(normalise(self.norm, x)).reshape(b * self.heads, 3 * d, h * w).chunk(3, 1)
-        a = torch.baddbmm(torch.empty(1, 1, 1, dtype=q.dtype), q.transpose(1, 2), k, beta=0, alpha=d**-0.5)
-        out = torch.bmm(v, a.softmax(-1).transpose(1, 2))
-        return x + self.proj(out.reshape(b, c, h, w))
+        # [B, 3 C, H, W] -> [B, heads, T, 3 d]: each head's tokens, its q, k and v side by side.
+        qkv = self.qkv(normalise(self.norm, x)).reshape(b, self.heads, 3 * d, h * w).transpose(2, 3)
+        q, k, v = qkv.chunk(3, -1)
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, d]
+        return x + self.proj(out.transpose(2, 3).reshape(b, c, h, w))
 
 
 class UNet(nn.Module):
+    """unet.cpp's UNetModel with its defaults; submodules under its names (down0_block0, mid_attention,
+    up2_upsample, ...)."""
+
     def __init__(self, shape, num_classes, channels=32, mult=(1, 2, 2), num_res_blocks=1,
                  attention=(7,), heads=4, dropout=0.0, time_features=32):
         super().__init__()
         c_in, size = shape[0], shape[1]
         emb = 4 * channels
-        self.time_features = time_features
-        self.time = nn.Sequential(nn.Linear(time_features, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.time_features = TimeFeatures(self, time_features)
+        self.time1 = nn.Linear(time_features, emb)
+        self.time2 = nn.Linear(emb, emb)
         self.classes = nn.Embedding(num_classes + 1, emb) if num_classes else None
         ch = channels * mult[0]
-        self.conv_in = nn.Conv2d(c_in, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        skips = [ch]
-        for level, m in enumerate(mult):
-            for _ in range(num_res_blocks):
-                self.down.append(ResBlock(ch, channels * m, emb, dropout))
+        self.conv_in = conv(c_in, ch, 3)
+        skips = [ch]  # widths of the skip connections, in push order
+
+        # Per level: [(block, attention or None)], then the change of resolution or None.
+        self.down_levels, self.up_levels = [], []
+        for i, m in enumerate(mult):
+            pairs = []
+            for j in range(num_res_blocks):
+                block = self.named(f"down{i}_block{j}", ResBlock(ch, channels * m, emb, dropout))
                 ch = channels * m
-                if size in attention:
-                    self.down.append(Attention(ch, heads))
+                attend = self.named(f"down{i}_attention{j}", Attention(ch, heads)) if size in attention else None
+                pairs.append((block, attend))
                 skips.append(ch)
-            if level + 1 < len(mult):
-                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+            resample = None
+            if i + 1 < len(mult):
+                resample = self.named(f"down{i}_downsample", conv(ch, ch, 3, stride=2))
                 size //= 2
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb, dropout), Attention(ch, heads),
-                                  ResBlock(ch, ch, emb, dropout)])
-        self.up = nn.ModuleList()
-        for level, m in reversed(list(enumerate(mult))):
-            for i in range(num_res_blocks + 1):
-                self.up.append(ResBlock(ch + skips.pop(), channels * m, emb, dropout))
-                ch = channels * m
-                if size in attention:
-                    self.up.append(Attention(ch, heads))
-                if level > 0 and i == num_res_blocks:
-                    self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                                 nn.Conv2d(ch, ch, 3, padding=1)))
-                    size *= 2
-        self.norm_out = nn.GroupNorm(groups_for(ch), ch)
-        self.conv_out = nn.Conv2d(ch, c_in, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+            self.down_levels.append((pairs, resample))
 
-    def run(self, layer, h, e):
-        if isinstance(layer, ResBlock):
-            return layer(h, e)
-        return layer(h)
+        self.mid_block1 = ResBlock(ch, ch, emb, dropout)
+        self.mid_attention = Attention(ch, heads)
+        self.mid_block2 = ResBlock(ch, ch, emb, dropout)
+
+        # Going up, each level has one block more than going down: the extra one takes the skip the
+        # downsampling conv (or, at the top, the input conv) left.
+        for i in reversed(range(len(mult))):
+            pairs = []
+            for j in range(num_res_blocks + 1):
+                block = self.named(f"up{i}_block{j}", ResBlock(ch + skips.pop(), channels * mult[i], emb, dropout))
+                ch = channels * mult[i]
+                attend = self.named(f"up{i}_attention{j}", Attention(ch, heads)) if size in attention else None
+                pairs.append((block, attend))
+            resample = None
+            if i > 0:
+                resample = self.named(f"up{i}_upsample", conv(ch, ch, 3))
+                size *= 2
+            self.up_levels.append((pairs, resample))
+
+        self.norm_out = nn.GroupNorm(groups_for(ch), ch)
+        self.conv_out = zeroed(conv(ch, c_in, 3))
+
+    def named(self, name, module):
+        """Registers `module` under Pathline's name for it and returns it."""
+        self.add_module(name, module)
+        return module
 
     def forward(self, x, t, labels=None):
-        emb = self.time(sinusoidal(t, self.time_features))
+        batch = x.shape[0]
+        emb = self.time2(F.silu(self.time1(self.time_features(t, batch).to(x.dtype))))
         if self.classes is not None:
             emb = emb + self.classes(labels)
-        e = F.silu(emb)
+        e = F.silu(emb)  # every block's Linear reads SiLU(embedding)
         h = self.conv_in(x)
         skips = [h]
-        for layer in self.down:
-            h = self.run(layer, h, e)
-            if not isinstance(layer, Attention):
+        for pairs, resample in self.down_levels:
+            for block, attend in pairs:
+                h = block(h, e)
+                if attend is not None:
+                    h = attend(h)
                 skips.append(h)
-        for layer in self.mid:
-            h = self.run(layer, h, e)
-        for layer in self.up:
-            if isinstance(layer, ResBlock):
-                h = torch.cat([h, skips.pop()], 1)
-            h = self.run(layer, h, e)
-        return self.conv_out(F.silu(normalise(self.norm_out, h)))
+            if resample is not None:
+                h = resample(h)
+                skips.append(h)
+        h = self.mid_block2(self.mid_attention(self.mid_block1(h, e)), e)
+        for pairs, resample in self.up_levels:
+            for block, attend in pairs:
+                h = block(torch.cat([h, skips.pop()], 1), e)
+                if attend is not None:
+                    h = attend(h)
+            if resample is not None:
+                h = resample(F.interpolate(h, scale_factor=2, mode="nearest"))
+        h = self.conv_out(F.silu(normalise(self.norm_out, h)))
+        return h.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
-# DiT
+# DiT (dit.cpp)
 
 
 def sincos_2d(hidden, rows, cols):
-    # First half of the features: the row, second half: the column; each sin then cos of
-    # position * 10000^(-i / (hidden / 4)).
+    """The fixed position of each token, [1, rows * cols, hidden], row-major: the first half of the
+    features encode the row, the second the column, each as sin then cos of
+    position * 10000^(-i / (hidden / 4))."""
     quarter = hidden // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
     r = torch.arange(rows, dtype=torch.float64).repeat_interleave(cols)[:, None] * omega
@@ -179,69 +234,104 @@ def sincos_2d(hidden, rows, cols):
     return torch.cat([r.sin(), r.cos(), c.sin(), c.cos()], 1).float()[None]
 
 
+def xavier(layer):
+    """DiT's initialisation of the transformer's Linear layers: Xavier-uniform weights, zero biases."""
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def layer_norm(x):
+    return F.layer_norm(x, (x.shape[-1],), eps=1e-6)
+
+
+def modulate(x, shift, scale):
+    """x (1 + scale) + shift in one kernel."""
+    return torch.addcmul(shift, x, scale + 1)
+
+
 class DiTBlock(nn.Module):
+    """x + gate1 attention(modulate(norm(x))), then + gate2 mlp(modulate(norm(.))); the six vectors
+    from one zero-initialised Linear of SiLU(c)."""
+
     def __init__(self, hidden, heads, mlp_hidden):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(hidden, 3 * hidden)
-        self.proj = nn.Linear(hidden, hidden)
-        self.fc1 = nn.Linear(hidden, mlp_hidden)
-        self.fc2 = nn.Linear(mlp_hidden, hidden)
-        self.ada = nn.Linear(hidden, 6 * hidden)
-        nn.init.zeros_(self.ada.weight)
-        nn.init.zeros_(self.ada.bias)
+        self.qkv = xavier(nn.Linear(hidden, 3 * hidden))
+        self.proj = xavier(nn.Linear(hidden, hidden))
+        self.fc1 = xavier(nn.Linear(hidden, mlp_hidden))
+        self.fc2 = xavier(nn.Linear(mlp_hidden, hidden))
+        self.ada = zeroed(nn.Linear(hidden, 6 * hidden))
 
     def forward(self, x, c):
         b, n, dim = x.shape
         d = dim // self.heads
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, -1)
-        h = F.layer_norm(x, (dim,), eps=1e-6) * (1 + scale1) + shift1
-        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).reshape(3, b * self.heads, n, d)
-        a = torch.baddbmm(torch.empty(1, 1, 1, dtype=q.dtype), q, k.transpose(1, 2), beta=0, alpha=d**-0.5)
-        o = torch.bmm(a.softmax(-1), v).reshape(b, self.heads, n, d).transpose(1, 2).reshape(b, n, dim)
-        x = x + gate1 * self.proj(o)
-        h = F.layer_norm(x, (dim,), eps=1e-6) * (1 + scale2) + shift2
-        return x + gate2 * self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+        mod = self.ada(c)[:, None].chunk(6, -1)  # each [B, 1, D]
+        h = modulate(layer_norm(x), mod[0], mod[1])
+        # [B, T, 3 D] -> [3, B, heads, T, d]: features are q, k, v, each heads x d.
+        q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim)
+        y = torch.addcmul(x, mod[2], self.proj(attended))
+        h = modulate(layer_norm(y), mod[3], mod[4])
+        h = self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+        return torch.addcmul(y, mod[5], h)
 
 
 class DiT(nn.Module):
+    """dit.cpp's DiTModel with its defaults (and a patch size); submodules under its names (block0,
+    final_ada, ...)."""
+
     def __init__(self, shape, num_classes, patch=2, hidden=128, depth=6, heads=4, mlp_ratio=4.0,
                  time_features=256):
         super().__init__()
         c, h, w = shape
-        self.shape, self.patch, self.time_features = shape, patch, time_features
+        self.shape, self.patch = shape, patch
         self.embed = nn.Conv2d(c, hidden, patch, stride=patch)
-        self.register_buffer("pos", sincos_2d(hidden, h // patch, w // patch))
-        self.time = nn.Sequential(nn.Linear(time_features, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        nn.init.xavier_uniform_(self.embed.weight.view(hidden, -1))  # as a Linear on each flattened patch
+        nn.init.zeros_(self.embed.bias)
+        self.register_buffer("positions", sincos_2d(hidden, h // patch, w // patch))
+        self.time_features = TimeFeatures(self, time_features)
+        self.time1 = nn.Linear(time_features, hidden)
+        self.time2 = nn.Linear(hidden, hidden)
+        nn.init.normal_(self.time1.weight, 0.0, 0.02)
+        nn.init.normal_(self.time2.weight, 0.0, 0.02)
         self.classes = nn.Embedding(num_classes + 1, hidden) if num_classes else None
-        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, int(hidden * mlp_ratio)) for _ in range(depth))
-        self.final_ada = nn.Linear(hidden, 2 * hidden)
-        self.final = nn.Linear(hidden, patch * patch * c)
-        for m in (self.final_ada, self.final):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        if self.classes is not None:
+            nn.init.normal_(self.classes.weight, 0.0, 0.02)
+        for i in range(depth):
+            self.add_module(f"block{i}", DiTBlock(hidden, heads, round(hidden * mlp_ratio)))
+        self.depth = depth
+        self.final_ada = zeroed(nn.Linear(hidden, 2 * hidden))
+        self.final = zeroed(nn.Linear(hidden, patch * patch * c))
 
     def forward(self, x, t, labels=None):
         b = x.shape[0]
         c_, h_, w_ = self.shape
         p = self.patch
-        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        cond = self.time(sinusoidal(t, self.time_features))
+        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.positions
+        cond = self.time2(F.silu(self.time1(self.time_features(t, b).to(x.dtype))))
         if self.classes is not None:
             cond = cond + self.classes(labels)
-        cond = F.silu(cond)
-        for block in self.blocks:
-            tokens = block(tokens, cond)
+        cond = F.silu(cond)  # every adaLN Linear reads SiLU(c)
+        for i in range(self.depth):
+            tokens = getattr(self, f"block{i}")(tokens, cond)
         shift, scale = self.final_ada(cond)[:, None].chunk(2, -1)
-        out = self.final(F.layer_norm(tokens, (tokens.shape[-1],), eps=1e-6) * (1 + scale) + shift)
+        out = self.final(modulate(layer_norm(tokens), shift, scale))  # [B, T, p p C]
+        # Unpatchify: token (r, s), feature (i, j, ch) -> pixel (ch, r p + i, s p + j).
         out = out.reshape(b, h_ // p, w_ // p, p, p, c_).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(b, c_, h_, w_)
+        return out.reshape(b, c_, h_, w_).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
 
 
-def bench(name, model, precision, batch, steps, warmup, channels_last, shape, num_classes):
+def build(name, shape, num_classes, patch):
+    """The network `name` ("unet" or "dit") with the defaults of Pathline's model of that name."""
+    return UNet(shape, num_classes) if name == "unet" else DiT(shape, num_classes, patch=patch)
+
+
+def bench(name, model, precision, batch, steps, warmup, channels_last, shape, num_classes, as_json):
+    """Times `steps` training steps after `warmup` untimed ones; prints the rate (JSON or a line)."""
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -261,21 +351,24 @@ def bench(name, model, precision, batch, steps, warmup, channels_last, shape, nu
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss.detach()
 
     for _ in range(warmup):
         step()
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    for _ in range(steps):
-        step()
+    losses = [step() for _ in range(steps)]
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     params = sum(p.numel() for p in model.parameters())
     layout = " channels-last" if channels_last else ""
-    if JSON:
+    if as_json:
+        last = losses[-20:]
         print(json.dumps({"model": name, "precision": precision, "parameters": params, "batch": batch,
                           "images_per_s": batch * steps / seconds, "steps_per_s": steps / seconds,
-                          "peak_mb": after.ru_maxrss / 1024.0, "threads": torch.get_num_threads()}), flush=True)
+                          "last_loss": float(sum(last) / len(last)), "channels_last": channels_last,
+                          "peak_mb": after.ru_maxrss / 1024.0, "threads": torch.get_num_threads(),
+                          "torch": torch.__version__}), flush=True)
         return
     print(f"{name:5s} {precision}{layout}: {params / 1e6:.3f}M parameters, {batch * steps / seconds:7.1f} images/s "
           f"({seconds / steps * 1000:.0f} ms/step, batch {batch}, {torch.get_num_threads()} threads)", flush=True)
@@ -286,15 +379,12 @@ def bench(name, model, precision, batch, steps, warmup, channels_last, shape, nu
           f"minor page faults {(after.ru_minflt - before.ru_minflt) // steps}", flush=True)
 
 
-JSON = False
-
-
 def main():
-    global JSON
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["unet", "dit", "both"], default="both")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
-    ap.add_argument("--channels-last", action="store_true", help="also time the U-Net in channels-last")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time the U-Net in channels-last (NHWC; the same weights, another layout)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
@@ -304,7 +394,6 @@ def main():
     ap.add_argument("--patch", type=int, default=2, help="the DiT's patch size")
     ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
-    JSON = args.json
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(args.shape)
@@ -313,8 +402,9 @@ def main():
     for name in models:
         for precision in precisions:
             for channels_last in [False, True] if (name == "unet" and args.channels_last) else [False]:
-                model = UNet(shape, args.classes) if name == "unet" else DiT(shape, args.classes, patch=args.patch)
-                bench(name, model, precision, args.batch, args.steps, args.warmup, channels_last, shape, args.classes)
+                model = build(name, shape, args.classes, args.patch)
+                bench(name, model, precision, args.batch, args.steps, args.warmup, channels_last, shape, args.classes,
+                      args.json)
 
 
 if __name__ == "__main__":

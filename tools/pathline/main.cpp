@@ -443,7 +443,12 @@ int cmd_sample(const std::vector<std::string>& args) {
   if (vm->count("weights")) weights = (*vm)["weights"].as<std::string>();
   std::optional<std::filesystem::path> noise;
   if (vm->count("noise")) noise = (*vm)["noise"].as<std::string>();
-  auto dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights, noise);
+  std::filesystem::path dir;
+  try {
+    dir = sample_job(run, s.registry, overrides_of(*vm), out, stderr_logger(), weights, noise);
+  } catch (const ArgumentFileError& e) {
+    throw UsageError(e.what());  // --noise names a file that cannot serve: bad usage, exit 2
+  }
   if (!dir.empty()) std::cout << dir.string() << "\n";  // ranks other than 0 write no run
   return kOk;
 }
@@ -630,13 +635,15 @@ int cmd_bench(const std::vector<std::string>& args) {
       "warmup", po::value<std::int64_t>()->default_value(10), "untimed steps or draws first")(
       "repeats", po::value<std::int64_t>()->default_value(3), "timed draws (sample) or products (peak)")(
       "size", po::value<std::int64_t>()->default_value(2048), "matrix size (peak)")(
-      "threads", po::value<int>()->default_value(0), "threads (peak; 0: every core)");
+      "threads", po::value<int>()->default_value(0), "threads (peak; 0: every core)")(
+      "dtype", po::value<std::string>()->default_value("float32"), "float32 or bfloat16 (peak)");
   add_set_option(options);
   po::positional_options_description positional;
   positional.add("job", 1).add("config", 1);
-  auto vm = parse("bench", args, options, positional,
-                  "train|sample CONFIG [--steps N] [--warmup N] [--repeats N] [--set key=value ...]\n"
-                  "       pathline bench peak [--size N] [--threads N] [--repeats N]");
+  auto vm =
+      parse("bench", args, options, positional,
+            "train|sample CONFIG [--steps N] [--warmup N] [--repeats N] [--set key=value ...]\n"
+            "       pathline bench peak [--size N] [--threads N] [--repeats N] [--dtype float32|bfloat16]");
   if (!vm) return kOk;
   const std::string job = required_positional(*vm, "job", "JOB (train, sample or peak)");
   BenchOptions bench;
@@ -648,7 +655,12 @@ int cmd_bench(const std::vector<std::string>& args) {
   if (job == "peak") {
     const auto size = (*vm)["size"].as<std::int64_t>();
     if (size < 1 || size > 16384) throw UsageError("--size must be 1 to 16384");
-    std::cout << bench_peak(size, (*vm)["threads"].as<int>(), bench) << "\n";
+    const std::string dtype = (*vm)["dtype"].as<std::string>();
+    if (dtype != "float32" && dtype != "bfloat16")
+      throw UsageError("--dtype must be float32 or bfloat16, got '" + dtype + "'");
+    std::cout << bench_peak(size, (*vm)["threads"].as<int>(),
+                            dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat32, bench)
+              << "\n";
     return kOk;
   }
   if (job != "train" && job != "sample")

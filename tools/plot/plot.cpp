@@ -672,6 +672,8 @@ std::string value_label(double v) {
 // ------------------------------------------------------------------------------------------------
 // The plots
 
+bool available() { return true; }
+
 std::string scatter(const fs::path& file, const Points& reference, const Points& generated,
                     const std::string& title) {
   Figure figure(file, kSquareSize, kSquareSize);

@@ -84,6 +84,11 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
                           "where the model, its training and sampling run: auto = a CUDA GPU when one is "
                           "visible, else the CPU; cuda = the GPU (of index LOCAL_RANK in a data-parallel "
                           "run), an error without one"),
+        ParamSpec::boolean("deterministic", false,
+                           "only deterministic kernels (LibTorch's deterministic algorithms and cuDNN "
+                           "convolutions), so that a GPU run repeats bit for bit and resumes exactly; an "
+                           "operation without one stops the run naming it. CPU runs repeat at a fixed "
+                           "thread count anyway"),
         ParamSpec::integer("threads", 0,
                            "intra-op threads; 0 uses every core of the machine (shared among the ranks a "
                            "data-parallel run starts on it)")

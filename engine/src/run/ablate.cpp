@@ -796,6 +796,7 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
     }
   }
   for (const char* ext : {"png", "svg"}) {
+    if (!plot::available()) break;
     const fs::path file = dir / (std::string("results.") + ext);
     if (!by_nfe)
       write_file_atomic(file, plot::bar_chart(file, axes, bar_labels, bars, bar_errors));
@@ -807,7 +808,8 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
       write_file_atomic(file, plot::panel_chart(file, axes, panels, columns));
   }
   if (log)
-    log("ablate: results in " + (dir / "results.md").string() + ", results.csv, results.png, results.svg");
+    log("ablate: results in " + (dir / "results.md").string() + ", results.csv" +
+        (plot::available() ? ", results.png, results.svg" : ""));
 }
 
 }  // namespace

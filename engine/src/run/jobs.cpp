@@ -125,12 +125,29 @@ std::string class_label(const DataInfo& data, std::int64_t label) {
   return fmt::format("class {}", label);
 }
 
-// A grid of images [N, C, H, W] (values in [lo, hi]), `cols` a row, drawn large with labels.
-std::string image_sheet(const fs::path& file, const torch::Tensor& images, std::int64_t cols, double lo, double hi,
-                        std::vector<std::string> row_labels, std::vector<std::string> column_labels,
-                        const std::string& title) {
-  constexpr int kPad = 2;
+// A grid of images [N, C, H, W] (values in [lo, hi]), `cols` a row, drawn at least 800 pixels wide
+// (each pixel a square, nearest neighbour) with its rows and columns labelled; a build without
+// charts (PATHLINE_CHARTS=OFF) writes the same grid scaled up, without the labels.
+void write_image_sheet(const fs::path& file, const torch::Tensor& images, std::int64_t cols, double lo, double hi,
+                       std::vector<std::string> row_labels, std::vector<std::string> column_labels,
+                       const std::string& title) {
+  constexpr int kPad = 2, kMinWidth = 800;
   const Image grid = image_grid(images, cols, lo, hi, kPad);
+  if (!plot::available()) {
+    const int scale = std::max(1, (kMinWidth + grid.width - 1) / grid.width);
+    Image big;
+    big.width = grid.width * scale;
+    big.height = grid.height * scale;
+    big.channels = grid.channels;
+    big.pixels.resize(static_cast<std::size_t>(big.width) * big.height * big.channels);
+    for (int y = 0; y < big.height; ++y)
+      for (int x = 0; x < big.width; ++x)
+        for (int ch = 0; ch < big.channels; ++ch)
+          big.pixels[(static_cast<std::size_t>(y) * big.width + x) * big.channels + ch] =
+              grid.pixels[(static_cast<std::size_t>(y / scale) * grid.width + x / scale) * grid.channels + ch];
+    write_png(file, big);
+    return;
+  }
   plot::ImageSheet sheet;
   sheet.width = grid.width;
   sheet.height = grid.height;
@@ -142,7 +159,7 @@ std::string image_sheet(const fs::path& file, const torch::Tensor& images, std::
   sheet.row_labels = std::move(row_labels);
   sheet.column_labels = std::move(column_labels);
   sheet.title = title;
-  return plot::image_sheet(file, sheet);
+  write_file_atomic(file, plot::image_sheet(file, sheet, kMinWidth));
 }
 
 void write_pictures(const PipelineConfig& config, Components& c, const fs::path& dir, const SampleResult& s) {
@@ -174,10 +191,9 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
     const double lo = std::isfinite(data.min_value) ? data.min_value : -1.0;
     const double hi = std::isfinite(data.max_value) ? data.max_value : 1.0;
     const std::string solver = config.component("solver").type;
-    write_file_atomic(
-        dir / "samples.png",
-        image_sheet(dir / "samples.png", images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols, lo,
-                    hi, row_labels, {}, fmt::format("{} samples, {} ({} NFE)", s.samples.size(0), solver, s.nfe)));
+    write_image_sheet(dir / "samples.png", images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols,
+                      lo, hi, row_labels, {},
+                      fmt::format("{} samples, {} ({} NFE)", s.samples.size(0), solver, s.nfe));
     if (s.trajectories.defined()) {
       // [steps + 1, K, C, H, W]: a row per sample, a column per time (at most 10 times).
       const std::int64_t frames = s.trajectories.size(0),
@@ -196,14 +212,13 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
       if (time_labels.size() != static_cast<std::size_t>(picked.size(0))) time_labels.clear();
       if (s.labels.defined())
         for (std::int64_t i = 0; i < k; ++i) sample_labels.push_back(class_label(data, s.labels[i].item<std::int64_t>()));
-      write_file_atomic(dir / "trajectories.png",
-                        image_sheet(dir / "trajectories.png", grid, picked.size(0), lo, hi, sample_labels,
-                                    time_labels, "from the source (left) to samples (right)"));
+      write_image_sheet(dir / "trajectories.png", grid, picked.size(0), lo, hi, sample_labels, time_labels,
+                        "from the source (left) to samples (right)");
     }
     return;
   }
-  if (data.shape.size() != 1 || data.shape[0] < 2) return;
-  // 2D data (the first two coordinates of anything flat).
+  // 2D data (the first two coordinates of anything flat), drawn as charts unless this build has none.
+  if (data.shape.size() != 1 || data.shape[0] < 2 || !plot::available()) return;
   at::Generator gen =
       make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::plot);
   torch::Tensor reference = c.dataset->sample(std::min<std::int64_t>(s.samples.size(0), 20000), gen).x;
@@ -221,7 +236,7 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
 }
 
 void write_loss_curve(const fs::path& dir, const TrainResult& trained) {
-  if (trained.losses.empty()) return;
+  if (trained.losses.empty() || !plot::available()) return;
   plot::Series series;
   series.label = "training loss";
   series.markers = trained.losses.size() <= 50;
@@ -558,14 +573,21 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
                     const std::vector<std::string>& overrides, const std::optional<fs::path>& out_dir,
                     const Logger& log, const std::optional<fs::path>& weights,
                     const std::optional<fs::path>& noise_file) {
-  LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  // The noise file first: a mistyped name is reported before the weights are loaded.
   torch::Tensor noise;
   if (noise_file) {
-    noise = read_npy(*noise_file);
+    try {
+      noise = read_npy(*noise_file);  // its messages start with the file
+    } catch (const InputError& e) {
+      throw ArgumentFileError(e.what());
+    }
+  }
+  LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  if (noise_file) {
     try {
       check_noise(noise, run.components.data());
     } catch (const InputError& e) {
-      throw InputError(noise_file->string() + ": " + e.what());
+      throw ArgumentFileError(noise_file->string() + ": " + e.what());
     }
   }
   std::error_code ec;

@@ -20,11 +20,14 @@ struct BenchOptions {
 PATHLINE_API std::string bench_train(const PipelineConfig& config, const Registry& registry,
                                      const BenchOptions& options);
 // Draws [sample] n samples `repeats` times with the configured solver and times them (untrained
-// weights: the cost does not depend on them): {"samples_per_s", "nfe", "seconds", ...}.
+// weights: the cost does not depend on them): {"samples_per_s", "nfe", "gflops", "seconds", ...}.
 PATHLINE_API std::string bench_sample(const PipelineConfig& config, const Registry& registry,
                                       const BenchOptions& options);
-// The float32 matrix-product rate of `threads` threads (0: every core) on size x size matrices,
-// the best of `repeats`: {"gflops", "size", "threads", "blas"}.
-PATHLINE_API std::string bench_peak(std::int64_t size, int threads, const BenchOptions& options);
+// The matrix-product rate of `threads` threads (0: every core) on size x size matrices of `dtype`
+// (float32 or bfloat16), the best of `repeats`: {"gflops", "size", "dtype", "threads", "blas" (the
+// OpenBLAS kernels, empty for another BLAS), "torch" (LibTorch's version), "torch_config" (LibTorch's
+// build summary, at::show_config())}.
+PATHLINE_API std::string bench_peak(std::int64_t size, int threads, torch::ScalarType dtype,
+                                    const BenchOptions& options);
 
 }  // namespace pathline

@@ -16,6 +16,13 @@ PATHLINE_API std::filesystem::path create_run_dir(const PipelineConfig& config,
                                                   const std::optional<std::filesystem::path>& explicit_dir,
                                                   bool overwrite);
 
+// A file named on the command line that cannot serve as given (`pathline sample --noise`): the
+// command line reports it as bad usage (exit 2), one line that starts with the file.
+class PATHLINE_API ArgumentFileError : public InputError {
+ public:
+  using InputError::InputError;
+};
+
 // Weights: a model's parameters and buffers as a safetensors file under their module-tree names
 // (docs/weights.md), and back into a freshly built model. load_weights also reads the LibTorch
 // archives (.pt) that runs made before Pathline 0.2 wrote. InputError naming the file, and the
@@ -56,10 +63,12 @@ PATHLINE_API std::filesystem::path resume_job(const std::filesystem::path& run_d
                                               const ResumeOptions& options, const Logger& log);
 
 // `pathline sample RUN_DIR`: rebuilds the run's pipeline from its config.toml (with overrides),
-// loads its weights (or `weights`: a model.pt-style archive or a .safetensors file with the model's
-// parameter names), samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
+// loads its weights (or `weights`: a .safetensors file with the model's parameter names, or an
+// older run's .pt archive), samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).
 // `noise`: a .npy file of source points [n, *shape] to start from instead of drawing [sample] n of
-// them (reproducible sampling, comparisons with other integrators, inversion).
+// them (reproducible sampling, comparisons with other integrators, inversion). A noise file that
+// is missing, unreadable, of another shape, not floating point or not finite throws
+// ArgumentFileError, "FILE: what is wrong", before anything is written.
 PATHLINE_API std::filesystem::path sample_job(
     const std::filesystem::path& run_dir, const Registry& registry, const std::vector<std::string>& overrides,
     const std::optional<std::filesystem::path>& out_dir, const Logger& log,

@@ -31,6 +31,10 @@ struct Axes {
   bool log_x = false, log_y = false;
 };
 
+// Whether this build draws charts: false when it was configured with -DPATHLINE_CHARTS=OFF (no
+// cairo), where every drawing function below throws; callers then leave their charts out.
+PATHLINE_PLOT_API bool available();
+
 // Reference data in grey and generated samples in blue, one dot each, with a legend; the view fits
 // both (outliers beyond the 0.5% quantiles do not stretch it).
 PATHLINE_PLOT_API std::string scatter(const std::filesystem::path& file, const Points& reference,
