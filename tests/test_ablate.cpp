@@ -145,6 +145,30 @@ TEST_F(Ablate, EveryInvalidVariantIsReportedBeforeAnythingRuns) {
   EXPECT_NE(none.err.find("no [ablation] table"), std::string::npos) << none.err;
 }
 
+// A typo in a sweep key is an error with a did-you-mean, as in pipeline tables, never a note and a
+// lone "(base)" variant; an unquoted dotted key (a TOML table) is told to be quoted.
+TEST_F(Ablate, SweepKeyTyposAreErrorsWithADidYouMean) {
+  const std::string file = path("sweep.toml").string();
+  auto refused = [&](const std::string& ablation) {
+    write(ablation);
+    auto r = run_cli("ablate '" + file + "' --dry-run");
+    EXPECT_EQ(r.code, 2) << ablation << r.err;
+    EXPECT_EQ(r.err.find("(base)"), std::string::npos) << r.err;
+    return r.err;
+  };
+  EXPECT_CONTAINS(refused("[ablation]\n\"solver.typ\" = [\"euler\"]\n"),
+                  file + ":19:16: [ablation] \"solver.typ\": no solver of this sweep ('euler') has a parameter "
+                         "'typ'; did you mean \"solver.type\"?");
+  EXPECT_CONTAINS(refused("[ablation]\n\"solvr.steps\" = [2, 4]\n"),
+                  file + ":19:17: [ablation] \"solvr.steps\": unknown table [solvr]; did you mean [solver]?");
+  EXPECT_CONTAINS(refused("[ablation]\n\"train.lrr\" = [1e-3]\n"), "did you mean");
+  EXPECT_CONTAINS(refused("[ablation]\nsolver.type = [\"euler\", \"heun\"]\n"),
+                  file + ":19:15: [ablation] solver.type: TOML reads an unquoted dotted key as a table; write the "
+                         "key in quotes: \"solver.type\" = [...]");
+  // A key that some variants' components declare is still dropped where it does not apply.
+  EXPECT_NO_THROW(plan("[ablation]\n\"solver.type\" = [\"euler\", \"dopri5\"]\n\"solver.rtol\" = [1e-3]\n"));
+}
+
 TEST_F(Ablate, TrainsOncePerTrainingConfigSkipsOnRerunAndSurvivesAFailingVariant) {
   // Two paths x two solvers: 4 variants, 2 trainings. A zipped t_start/t_end pair that cannot be
   // integrated (t_start above t_end) fails at sampling; the other variants go on.

@@ -25,7 +25,7 @@ const std::string kGood =
 TEST(Cli, VersionAndHelp) {
   auto v = run_cli("--version");
   EXPECT_EQ(v.code, 0);
-  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 3, LibTorch ") + TORCH_VERSION + ")\n");
+  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 4, LibTorch ") + TORCH_VERSION + ")\n");
   EXPECT_EQ(run_cli("--help").code, 0);
   EXPECT_EQ(run_cli("").code, 2);
   for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "resume", "sample", "eval"}) {
@@ -146,6 +146,31 @@ TEST(Cli, ValidateAcceptsGoodConfigAndOverrides) {
   EXPECT_EQ(bad.err, "--set solver.steps=0: solver.steps = 0 is out of range: must be >= 1\n");
 }
 
+// validate builds every component (no training), so what `run` would refuse at once it refuses too:
+// a check across two keys in a component's constructor, and labels the data set does not have.
+TEST(Cli, ValidateBuildsEveryComponentAndChecksTheLabels) {
+  TempDir dir;
+  write_text(dir / "grid.toml", kGood + "[time_grid]\ntype = \"edm\"\nratio_min = 2.0\nratio_max = 1.0\n");
+  write_text(dir / "labels.toml",
+             "[dataset]\ntype = \"toy2d\"\nshape = \"moons\"\nlabelled = true\n[model]\ntype = \"mlp\"\n"
+             "width = 16\ndepth = 1\n[sample]\nlabels = [0, 5]\n");
+  for (std::string cmd : {"validate", "run"}) {
+    auto grid = run_cli(cmd + " grid.toml", dir.path());
+    EXPECT_EQ(grid.code, 2) << cmd << ": " << grid.err;
+    ASSERT_EQ(lines_of(grid.err).size(), 1u) << grid.err;
+    EXPECT_CONTAINS(grid.err, "grid.toml:18:8: [time_grid] (type 'edm'): time grid 'edm': ratio_min (2)");
+    EXPECT_CONTAINS(grid.err, "must be below ratio_max (1)");
+    auto labels = run_cli(cmd + " labels.toml", dir.path());
+    EXPECT_EQ(labels.code, 2) << cmd << ": " << labels.err;
+    EXPECT_EQ(labels.err,
+              "labels.toml:10:10: sample.labels: 5 is not a class of dataset 'toy2d' (classes 0 to 1, or -1 "
+              "for unconditional samples)\n");
+    EXPECT_FALSE(std::filesystem::exists(dir / "runs")) << cmd;
+  }
+  auto fine = run_cli("validate labels.toml --set sample.labels=[1]", dir.path());
+  EXPECT_EQ(fine.code, 0) << fine.err;
+}
+
 TEST(Cli, CudaRequestedWithoutCudaIsAConfigError) {
   if (cuda_visible()) GTEST_SKIP() << "a CUDA GPU is visible (Cuda.CudaWithoutAGpuIsRefused... hides it)";
   TempDir dir;
@@ -225,11 +250,10 @@ TEST(Cli, GuidanceOnUnlabelledDataIsRefusedBeforeAnythingIsWritten) {
   TempDir dir;
   write_text(dir / "good.toml", kGood);
   auto r = run_cli("run good.toml --set sample.guidance_scale=2", dir.path());
-  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.code, 2);
   EXPECT_EQ(r.err,
-            "pathline run: error: sample.guidance_scale = 2 needs labelled data, but dataset 'toy2d' has no "
-            "labels; "
-            "set guidance_scale = 1 or use a labelled data set\n");
+            "--set sample.guidance_scale=2: sample.guidance_scale = 2 needs labelled data, but dataset 'toy2d' "
+            "has no labels; set guidance_scale = 1 or use a labelled data set\n");
   EXPECT_FALSE(std::filesystem::exists(dir / "runs"));
 }
 

@@ -374,8 +374,8 @@ TEST(Source, ShapeMismatchIsAClearError) {
   } catch (const InputError& e) {
     EXPECT_EQ(
         std::string(e.what()),
-        "[source] (type 'gaussian') draws samples of shape [3], but [dataset] (type 'toy2d') draws [2]; "
-        "a flow maps between spaces of the same shape");
+        "s.toml:4:8: [source] (type 'gaussian') draws samples of shape [3], but [dataset] (type 'toy2d') "
+        "draws [2]; a flow maps between spaces of the same shape");
   }
 }
 
@@ -448,8 +448,8 @@ TEST(Guidance, AskedForLabelsAreHonouredAndCheckedAgainstTheData) {
     FAIL();
   } catch (const InputError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "sample.labels: 8 is not a class of dataset 'toy2d' (classes 0 to 7, or -1 for unconditional "
-              "samples)");
+              "--set sample.labels=[8]: sample.labels: 8 is not a class of dataset 'toy2d' (classes 0 to 7, or -1 "
+              "for unconditional samples)");
   }
 }
 

@@ -347,6 +347,101 @@ TEST_F(PlotTest, BarChartBarsAreAsTallAsTheirValues) {
   EXPECT_NEAR(static_cast<double>(heights[3]) / heights[0], 0.75, 0.03);
 }
 
+// Dark pixels in the columns [x0, x1) over the whole height.
+std::int64_t dark_in_columns(const Image& im, int x0, int x1) { return count(im, is_dark, x0, 0, x1, im.height); }
+
+TEST_F(PlotTest, BarChartErrorBarsReachOneStandardDeviationEitherSide) {
+  plot::Axes axes{"W2 squared by coupling", "coupling", "W2 squared"};
+  const std::vector<std::string> names = {"independent", "minibatch_ot"};
+  plot::bar_chart(path("plain.png"), axes, names, {0.4, 0.2});
+  pathline::write_file_atomic(path("bars.png"),
+                              pathline::plot::bar_chart(path("bars.png"), axes, names, {0.4, 0.2}, {0.1, 0.0}));
+  const Image plain = read_plot(path("plain.png")), bars = read_plot(path("bars.png"));
+  // The first bar's centre column: the error bar is a dark line 2 x 0.1 tall, about half the bar.
+  int first = -1, last = -1;
+  for (int x = 0; x < plain.width; ++x)
+    if (count(plain, is_blue, x, 0, x + 1, plain.height) > 10) {
+      if (first < 0) first = x;
+      last = x;
+      if (x + 1 < plain.width && count(plain, is_blue, x + 1, 0, x + 2, plain.height) <= 10) break;
+    }
+  ASSERT_GT(last - first, 20);
+  const int centre = (first + last) / 2;
+  const std::int64_t bar_height = count(plain, is_blue, centre, 0, centre + 1, plain.height);
+  const std::int64_t extra = dark_in_columns(bars, centre - 1, centre + 2) - dark_in_columns(plain, centre - 1, centre + 2);
+  EXPECT_GT(extra, bar_height / 3) << "bar " << bar_height << " px, error bar adds " << extra << " dark px";
+  // The second bar has no spread: nothing added over it.
+  EXPECT_THROW(pathline::plot::bar_chart(path("x.png"), axes, names, {0.4, 0.2}, {0.1}), std::exception);
+}
+
+TEST_F(PlotTest, LineChartErrorBarsWidenTheRangeAndMustPairWithThePoints) {
+  plot::Axes axes{"energy distance by steps", "steps", "energy distance"};
+  plot::Series with{"euler", {1, 2, 3}, {1.0, 2.0, 3.0}};
+  with.error = {0.0, 0.0, 2.0};  // the last point reaches 5: the frame must show it
+  plot::line_chart(path("e.png"), axes, {with});
+  plot::Series without{"euler", {1, 2, 3}, {1.0, 2.0, 3.0}};
+  plot::line_chart(path("n.png"), axes, {without});
+  const Image e = read_plot(path("e.png")), n = read_plot(path("n.png"));
+  // The frame's range grew to 5 for the bar: the line from y = 1 to 3 spans less of the height (about
+  // half of 2/4 against 2/2), and the bar, drawn in the series' colour, reaches above the line.
+  auto blue_rows = [](const Image& im) {
+    int top = im.height, bottom = 0;
+    for (int y = 0; y < im.height; ++y)
+      if (count(im, is_blue, 0, y, im.width, y + 1) > 0) top = std::min(top, y), bottom = std::max(bottom, y);
+    return std::pair<int, int>{top, bottom};
+  };
+  const auto [n_top, n_bottom] = blue_rows(n);
+  const auto [e_top, e_bottom] = blue_rows(e);
+  // Without the bar the line spans the frame; with it, line and bar span about the same height
+  // (1 to 5 fills the frame), but the line itself (1 to 3) only half of it.
+  EXPECT_NEAR(static_cast<double>(e_bottom - e_top), static_cast<double>(n_bottom - n_top), 0.1 * (n_bottom - n_top));
+  EXPECT_GT(count(e, is_blue), count(n, is_blue));
+  with.error = {0.1};
+  EXPECT_THROW(pathline::plot::line_chart(path("bad.png"), axes, {with}), std::exception);
+}
+
+TEST_F(PlotTest, ImageSheetDrawsEachPixelAsASquareAndLabelsTheRows) {
+  // 2 x 2 tiles of 4 x 3 RGB pixels, 1 pixel apart: 9 x 7. Tile (0, 0) is red, the rest grey.
+  pathline::plot::ImageSheet sheet;
+  sheet.width = 9, sheet.height = 7, sheet.channels = 3;
+  sheet.tile_width = 4, sheet.tile_height = 3, sheet.pad = 1;
+  sheet.pixels.assign(9 * 7 * 3, 128);
+  for (int y = 0; y < 3; ++y)
+    for (int x = 0; x < 4; ++x) {
+      unsigned char* p = &sheet.pixels[(y * 9 + x) * 3];
+      p[0] = 220, p[1] = 20, p[2] = 20;
+    }
+  sheet.row_labels = {"T-shirt/top", "Trouser"};
+  sheet.title = "samples";
+  pathline::write_file_atomic(path("sheet.png"), pathline::plot::image_sheet(path("sheet.png"), sheet, 800));
+  const Image im = pathline::read_image(path("sheet.png"), 3);
+  const int scale = (800 + 9 - 1) / 9;  // 89 screen pixels per image pixel
+  EXPECT_GE(im.width, 800);
+  // The red tile: a block 4 x 3 image pixels, drawn as (4 scale) x (3 scale) screen pixels, give or
+  // take the edge pixels (nearest neighbour: no blur inside).
+  int x0 = im.width, x1 = -1, y0 = im.height, y1 = -1;
+  std::int64_t red = 0;
+  for (int y = 0; y < im.height; ++y)
+    for (int x = 0; x < im.width; ++x) {
+      Rgb c = at(im, x, y);
+      if (c.r == 220 && c.g == 20 && c.b == 20) {
+        ++red, x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
+      }
+    }
+  EXPECT_NEAR(x1 - x0 + 1, 4 * scale, 2);
+  EXPECT_NEAR(y1 - y0 + 1, 3 * scale, 2);
+  EXPECT_GT(red, static_cast<std::int64_t>((4 * scale - 2) * (3 * scale - 2)));  // solid: pixels stay pixels
+  // The row labels sit left of the grid, in dark text; without labels the left is blank.
+  EXPECT_GT(count(im, is_dark, 0, y0, x0, y1), 100);
+  sheet.row_labels.clear();
+  sheet.title.clear();
+  pathline::write_file_atomic(path("bare.png"), pathline::plot::image_sheet(path("bare.png"), sheet, 800));
+  const Image bare = pathline::read_image(path("bare.png"), 3);
+  EXPECT_LT(bare.width, im.width);  // no label column
+  EXPECT_EQ(count(bare, is_dark), 0);
+  EXPECT_THROW(pathline::plot::image_sheet(path("sheet.svg"), sheet, 800), std::exception);
+}
+
 // ------------------------------------------------------------------------------------------------
 // SVG, names, bad inputs
 

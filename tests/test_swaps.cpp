@@ -5,6 +5,9 @@
 // the ends of [0, 1] where their conversion to velocity is singular.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include "pathline/engine/io.hpp"
@@ -78,6 +81,127 @@ TEST(SamplingInterval, AutoEndsAvoidWhereTheParameterizationIsSingular) {
   EXPECT_EQ(data.t_start, 0.0);
   EXPECT_NEAR(data.t_end, 0.98, 1e-8);
   EXPECT_TRUE(data.denoise);
+}
+
+// A registry with the built-in plugins and the third-party paths of tests/fixtures/singular_paths.cpp.
+const Registry& registry_with_singular_paths() {
+  static Registry* registry = [] {
+    auto* r = new Registry();
+    PluginHost host(*r);
+    host.load_directory(testing::builtin_plugins());
+    host.load_directory(std::filesystem::path(PATHLINE_FIXTURE_DIR) / "singular-paths");
+    for (const auto& f : host.failures()) ADD_FAILURE() << f.line();
+    return r;
+  }();
+  return *registry;
+}
+
+PipelineConfig solver_config(const std::string& path, const std::string& solver,
+                             const std::vector<std::string>& overrides = {}) {
+  ConfigOptions options;
+  options.overrides = overrides;
+  return parse_config(fmt::format("[dataset]\ntype = \"toy2d\"\n[model]\ntype = \"mlp\"\nwidth = 32\ndepth = 2\n"
+                                  "[path]\ntype = \"{}\"\n[solver]\ntype = \"{}\"\n",
+                                  path, solver),
+                      "solver.toml", registry_with_singular_paths(), options);
+}
+
+TEST(SamplingInterval, DataSolversStartWhereTheVelocityInformsTheData) {
+  // polynomial (exponent 2): the velocity's data prediction gains (1 - t^2) / (2 t), at most 50 from
+  // t = sqrt(2501) - 50 = 0.009999. DPM-Solver++ asks for the data prediction: it starts there; the
+  // velocity solvers start at 0. A third-party path with the same kind of start (t^3) gets the same
+  // treatment without declaring anything: the engine reads it off the coefficients.
+  const auto starts_at = [](const std::string& path, const std::string& solver) {
+    const PipelineConfig config = solver_config(path, solver);
+    Components c = build_components(config, registry_with_singular_paths());
+    return sampling_interval(config, c).t_start;
+  };
+  EXPECT_NEAR(starts_at("polynomial", "dpmpp_2m"), std::sqrt(2501.0) - 50.0, 1e-7);
+  for (const char* solver : {"euler", "midpoint", "heun", "rk4", "dopri5", "adams_bashforth"})
+    EXPECT_EQ(starts_at("polynomial", solver), 0.0) << solver;
+  const double cubic = starts_at("fixture_cubic", "dpmpp_2m");
+  EXPECT_NEAR(conversion_gain(*registry_with_singular_paths().create<Path>("fixture_cubic", {}, {}),
+                              Quantity::velocity, Quantity::data, cubic),
+              kMaxConversionGain, 1e-3);
+  EXPECT_GT(cubic, 0.05);  // (1 - t^3) / (3 t^2) = 50 at t = 0.0816
+  EXPECT_EQ(starts_at("linear", "dpmpp_2m"), 0.0);  // (1 - t) / 1: never above 1
+}
+
+TEST(SamplingInterval, ASolverWhoseQuantityThePathCannotGiveIsRefusedAtValidation) {
+  // fixture_stalling stops moving at t = 1/2: there the velocity says nothing about the data, and
+  // no interval from noise to data avoids it. validate (check_pipeline) refuses, naming the solver,
+  // the path and where; a velocity solver on the same path is fine.
+  const PipelineConfig bad = solver_config("fixture_stalling", "dpmpp_2m");
+  try {
+    check_pipeline(bad, registry_with_singular_paths());
+    ADD_FAILURE() << "dpmpp_2m on fixture_stalling passed validation";
+  } catch (const ConfigError& e) {
+    ASSERT_EQ(e.problems().size(), 1u);
+    const std::string& line = e.problems()[0];
+    EXPECT_CONTAINS(line, "solver.toml:10:8: solver 'dpmpp_2m' needs the data");
+    EXPECT_CONTAINS(line, "path 'fixture_stalling'");
+    EXPECT_CONTAINS(line, "near t = 0.50");
+  }
+  EXPECT_NO_THROW(check_pipeline(solver_config("fixture_stalling", "midpoint"), registry_with_singular_paths()));
+}
+
+TEST(SolverOnPath, NoiseScaleErrorIsTheSolversOwnErrorOnAPointMass) {
+  // On the ve path (sigma = 0.01 * 1500^(1 - t), alpha = 1) the point mass's flow is dx/dt = -L x,
+  // L = log 1500: euler multiplies x by (1 - L h) per step where the flow multiplies it by e^(-L h).
+  // The noise dominates (sigma >= 1) up to t = 1 - log 100 / L = 0.370, grid time 37 of 100.
+  const Registry& registry = registry_with_singular_paths();
+  const PipelineConfig ve = solver_config("ve", "euler", {"solver.steps=100"});
+  Components c = build_components(ve, registry);
+  const double L = std::log(1500.0);
+  const double euler = std::abs(std::pow(1 - L * 0.01, 37) / std::exp(-L * 0.37) - 1);
+  EXPECT_NEAR(noise_scale_error(*c.solver, *c.time_grid, *c.path, 0.0, 1.0), euler, 1e-9);
+  EXPECT_GT(euler, 0.09);
+  // Euler is exact on the linear path (x_t = (1 - t) x0 is linear in t); midpoint on ve is 1% off.
+  Components linear = build_components(solver_config("linear", "euler"), registry);
+  EXPECT_LT(noise_scale_error(*linear.solver, *linear.time_grid, *linear.path, 0.0, 1.0), 1e-12);
+  Components midpoint = build_components(solver_config("ve", "midpoint"), registry);
+  EXPECT_NEAR(noise_scale_error(*midpoint.solver, *midpoint.time_grid, *midpoint.path, 0.0, 1.0), 0.0105, 0.001);
+  // An interval that starts where the data dominates has nothing to check.
+  EXPECT_EQ(noise_scale_error(*c.solver, *c.time_grid, *c.path, 0.5, 1.0), 0.0);
+}
+
+TEST(SolverOnPath, DefaultStepsThatMissAreRefusedChosenStepsNoted) {
+  const Registry& registry = registry_with_singular_paths();
+  // euler at its default 100 steps on ve: refused where [solver] type is, with the steps that do.
+  try {
+    check_pipeline(solver_config("ve", "euler"), registry);
+    ADD_FAILURE() << "euler on ve passed validation";
+  } catch (const ConfigError& e) {
+    ASSERT_EQ(e.problems().size(), 1u);
+    EXPECT_CONTAINS(e.problems()[0], "solver.toml:10:8: solver 'euler' with 100 steps on path 've'");
+    EXPECT_CONTAINS(e.problems()[0], "by 9.9%");
+    EXPECT_CONTAINS(e.problems()[0], "solver.steps = 200 (4.9%)");
+  }
+  // The same steps chosen by the user: a note, and it builds.
+  std::vector<std::string> notes;
+  EXPECT_NO_THROW(notes = check_pipeline(solver_config("ve", "euler", {"solver.steps=100"}), registry));
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_CONTAINS(notes[0], "misses the exact flow by 9.9%");
+  EXPECT_TRUE(check_pipeline(solver_config("ve", "heun"), registry).empty());
+  // Few steps on a path euler follows exactly are fine at any count.
+  EXPECT_TRUE(check_pipeline(solver_config("linear", "euler", {"solver.steps=2"}), registry).empty());
+}
+
+TEST(SolverOnPath, APathSuggestsTheSolverForPipelinesThatNameNone) {
+  const Registry& registry = testing::builtin_registry();
+  const std::string base = "[dataset]\ntype = \"toy2d\"\n[model]\ntype = \"mlp\"\n[path]\ntype = \"ve\"\n";
+  EXPECT_EQ(parse_config(base, "ve.toml", registry).component("solver").type, "heun");
+  EXPECT_EQ(parse_config(base + "[solver]\ntype = \"rk4\"\n", "ve.toml", registry).component("solver").type, "rk4");
+  // A --set of a solver key without a [solver] table reaches the suggested solver; other paths keep euler.
+  ConfigOptions steps;
+  steps.overrides = {"solver.steps=80"};
+  const PipelineConfig set = parse_config(base, "ve.toml", registry, steps);
+  EXPECT_EQ(set.component("solver").type, "heun");
+  EXPECT_EQ(set.component("solver").params.integer("steps"), 80);
+  ConfigOptions cosine;
+  cosine.overrides = {"path.type=cosine"};
+  EXPECT_EQ(parse_config(base, "ve.toml", registry, cosine).component("solver").type, "euler");
+  EXPECT_NO_THROW(check_pipeline(parse_config(base, "ve.toml", registry), registry));
 }
 
 TEST(SamplingInterval, ExplicitEndsAreKeptAndFinalStepObeys) {
@@ -190,6 +314,64 @@ TEST(Swaps, EveryPathAndParameterizationSamplesAsWellAsVelocity) {
           << path << " x " << parameterization << " (velocity: " << velocity << ")";
     }
   }
+}
+
+// Every registered solver, at its defaults, sampling a model trained on every path (velocity
+// prediction; third-party paths with a singular end included) lands within 0.02 of the same model
+// sampled with the quickstart's midpoint solver, or the pipeline is refused at validation. Before the
+// engine took the solver's quantities into account, dpmpp_2m on the polynomial path scored in the
+// thousands; and the variance-exploding path needed a grid that spends the steps where it moves.
+TEST(Swaps, EverySolverSamplesEveryPathWithDefaults) {
+  TempDir dir;
+  int refused = 0;
+  const Registry& registry = registry_with_singular_paths();
+  std::vector<std::string> paths = registry.names(Kind::path);
+  paths.erase(std::remove(paths.begin(), paths.end(), "fixture_stalling"), paths.end());
+  for (const std::string& path : paths) {
+    const std::string text = fmt::format(
+        "[run]\nthreads = 2\n"
+        "[dataset]\ntype = \"toy2d\"\nshape = \"checkerboard\"\n"
+        "[path]\ntype = \"{}\"\n"
+        "[model]\ntype = \"mlp\"\nwidth = 128\ndepth = 3\n"
+        "[train]\nsteps = 1000\nbatch_size = 512\nlr = 3e-3\nlr_schedule = \"cosine\"\n"
+        "[sample]\nn = 2000\ntrajectories = 0\n"
+        "[[metric]]\ntype = \"energy_distance\"\n",
+        path);
+    const PipelineConfig config = parse_config(text, "solvers.toml", registry);
+    const auto run = dir / path;
+    run_job(config, registry, JobOptions{run, true, false, false}, nullptr);
+    auto energy = [&](const std::string& solver, const std::vector<std::string>& extra) {
+      std::vector<std::string> overrides = {"solver.type=" + solver};
+      overrides.insert(overrides.end(), extra.begin(), extra.end());
+      const auto out = sample_job(run, registry, overrides, run / ("sample-" + solver), nullptr);
+      auto summary = nlohmann::json::parse(testing::read_text(out / "summary.json"));
+      return summary["metrics"]["energy_distance"].get<double>();
+    };
+    const double reference = energy("midpoint", {"solver.steps=20"});
+    std::cout << "[ solvers  ] " << path << " x midpoint 20: " << reference << "\n";
+    for (const std::string& solver : registry.names(Kind::solver)) {
+      // The pipeline with this solver at its defaults: refused at validation, or it samples well
+      // (from the trained run, at the solver's default steps).
+      const PipelineConfig fresh = parse_config(text + fmt::format("[solver]\ntype = \"{}\"\n", solver),
+                                                "solvers.toml", registry);
+      try {
+        check_pipeline(fresh, registry);
+      } catch (const ConfigError& e) {
+        std::cout << "[ solvers  ] " << path << " x " << solver << ": refused: " << e.what() << "\n";
+        EXPECT_CONTAINS(std::string(e.what()), "solver '" + solver + "'");
+        ++refused;
+        continue;
+      }
+      std::vector<std::string> extra;
+      if (const ParamSpec* steps = registry.find(Kind::solver, solver)->find_param("steps"))
+        extra.push_back(fmt::format("solver.steps={}", std::get<std::int64_t>(*steps->default_value)));
+      const double value = energy(solver, extra);
+      std::cout << "[ solvers  ] " << path << " x " << solver << ": " << value << "\n";
+      EXPECT_LT(value, reference + 0.02) << path << " x " << solver << " (midpoint 20: " << reference << ")";
+    }
+  }
+  // The variance-exploding path's first-order solvers at their default steps; nothing else.
+  EXPECT_EQ(refused, 2);
 }
 
 }  // namespace

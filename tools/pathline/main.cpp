@@ -295,6 +295,8 @@ int cmd_inspect(const std::vector<std::string>& args) {
   if (entry->plugin)
     std::cout << fmt::format("  from plugin '{}' {} ({}: {})\n", entry->plugin->name, entry->plugin->version,
                              entry->plugin->origin, entry->plugin->file.string());
+  for (const auto& [slot, type] : entry->decl.suggests)
+    std::cout << fmt::format("  suggests [{}] type = \"{}\" where the pipeline names none\n", slot, type);
   std::cout << "\nParameters:\n";
   print_params(entry->decl.params);
   return kOk;
@@ -325,7 +327,7 @@ int cmd_validate(const std::vector<std::string>& args) {
   print_notes(config);
   // Builds every component (no training): their own checks across keys and against the data, the
   // labels asked for, the sampling interval.
-  check_pipeline(config, s.registry);
+  for (const auto& note : check_pipeline(config, s.registry)) std::cerr << "note: " << note << "\n";
   if (vm->count("print")) std::cout << config.to_toml();
   std::cerr << file << ": valid\n";
   return kOk;

@@ -615,8 +615,7 @@ class Validator {
       // sets that key of the default component (solver.steps=4 without a [solver] table).
       toml::table created;
       const SlotSpec* slot = find_slot(set.table);
-      if (slot && !slot->default_type.empty() && set.key != "type")
-        created.insert("type", slot->default_type);
+      if (slot && !slot->default_type.empty() && set.key != "type") created.insert("type", default_type(*slot, root));
       root.insert(set.table, std::move(created));
       created_[address] = origin;
       existing = root.get(set.table);
@@ -695,6 +694,28 @@ class Validator {
     return node->is_table() ? node->as_table() : node->as_array()->get(index)->as_table();
   }
 
+  // The type of a slot the file leaves out: the first suggestion an earlier slot's component makes
+  // for it (ComponentDecl::suggests: the variance-exploding path suggests heun), else the slot's
+  // default.
+  std::string default_type(const SlotSpec& slot, const toml::table& root) const {
+    for (const SlotSpec& earlier : pipeline_slots()) {
+      if (earlier.table == slot.table) break;
+      if (earlier.many) continue;
+      std::string type;
+      const toml::node* node = root.get(earlier.table);
+      if (!node) {
+        type = earlier.default_type.empty() ? std::string() : default_type(earlier, root);
+      } else if (const toml::table* table = node->as_table()) {
+        if (auto value = table->get_as<std::string>("type")) type = value->get();
+      }
+      if (type.empty()) continue;
+      if (const ComponentEntry* entry = registry_.find(earlier.kind, type))
+        for (const auto& [target, suggested] : entry->decl.suggests)
+          if (target == slot.table && registry_.find(slot.kind, suggested)) return suggested;
+    }
+    return slot.default_type;
+  }
+
   void read_single(const SlotSpec& slot, toml::table& root, PipelineConfig& config) {
     toml::node* node = root.get(slot.table);
     if (!node) {
@@ -706,7 +727,7 @@ class Validator {
         return;
       }
       toml::table implicit;
-      implicit.insert("type", slot.default_type);
+      implicit.insert("type", default_type(slot, root));
       if (auto c = component(slot, slot.table, implicit, true)) config.components[slot.table] = std::move(*c);
       return;
     }

@@ -474,6 +474,8 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   apply_thread_setting(config);
   std::unique_ptr<DataParallel> group = join_ranks(config, log);
   Components c = build_components(config, registry);
+  if (log && (!group || group->world().rank == 0))
+    for (const auto& note : c.notes) log("note: " + note);
   if (group && group->world().rank != 0) {
     // Every rank but 0 trains its share and leaves the files, the sampling and the metrics to rank 0.
     TrainOptions rank_options;
@@ -583,6 +585,8 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
     }
   }
   LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  if (log)
+    for (const auto& note : run.components.notes) log("note: " + note);
   if (noise_file) {
     try {
       check_noise(noise, run.components.data());
@@ -626,6 +630,8 @@ fs::path eval_job(const fs::path& run_dir, const Registry& registry, const EvalO
     if (!has_nll) overrides.push_back(fmt::format("metric[{}].type=nll", config.metrics().size()));
   }
   LoadedRun run = load_run(run_dir, registry, overrides);
+  if (log)
+    for (const auto& note : run.components.notes) log("note: " + note);
   const PipelineConfig& config = run.config;
   Components& c = run.components;
   if (c.metrics.empty())

@@ -104,6 +104,69 @@ std::optional<std::pair<double, double>> conversion_interval(const Path& path, Q
 
 }  // namespace
 
+namespace {
+
+// Data concentrated at the origin: x_t = sigma_t x0, so the data prediction is 0 and every other
+// quantity follows from it through the SDK's own conversions.
+class PointMassField final : public VectorField {
+ public:
+  explicit PointMassField(const Path& path) : path_(path) {}
+  torch::Tensor predict(Quantity q, const torch::Tensor& x, double t) override {
+    const PathCoefficients c = coefficients(t).broadcast_to_rank(x.dim());
+    return convert_prediction(Quantity::data, q, torch::zeros_like(x), x, c);
+  }
+  PathCoefficients coefficients(double t) const override {
+    return path_.coefficients(torch::full({1}, t, torch::kFloat64));
+  }
+
+ private:
+  const Path& path_;
+};
+
+}  // namespace
+
+double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start, double t_end) {
+  if (!(t_start < t_end)) return 0.0;
+  auto noise_dominates = [&](double t) {
+    const auto c = path.coefficients(torch::full({1}, t, torch::kFloat64));
+    return c.sigma.item<double>() >= std::abs(c.alpha.item<double>());
+  };
+  if (!noise_dominates(t_start)) return 0.0;
+  std::vector<double> times;
+  const std::int64_t steps = solver.grid_steps();
+  if (steps > 0) {
+    const std::vector<double> all = grid.times(steps, t_start, t_end, path);
+    std::size_t last = 0;
+    for (std::size_t i = 0; i < all.size(); ++i)
+      if (noise_dominates(all[i])) last = i;
+    if (last == 0) return 0.0;
+    times.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(last) + 1);
+  } else {
+    double lo = t_start, hi = t_end;  // noise dominates at lo
+    if (noise_dominates(hi)) {
+      lo = hi;
+    } else {
+      for (int k = 0; k < 60; ++k) {
+        const double mid = 0.5 * (lo + hi);
+        (noise_dominates(mid) ? lo : hi) = mid;
+      }
+    }
+    if (lo == t_start) return 0.0;
+    times = {t_start, lo};
+  }
+  PointMassField field(path);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(20260101);
+  const torch::Tensor x0 = torch::randn({20000, 1}, gen, torch::kFloat64);
+  const double start_scale = field.coefficients(times.front()).sigma.item<double>();
+  const double end_scale = field.coefficients(times.back()).sigma.item<double>();
+  SolveRequest request;
+  request.times = times;
+  request.generator = &gen;
+  const torch::Tensor x = solver.solve(field, x0 * start_scale, request);
+  const double rms = x.square().mean().sqrt().item<double>() / x0.square().mean().sqrt().item<double>();
+  return std::abs(rms / end_scale - 1.0);
+}
+
 SamplingInterval sampling_interval(const PipelineConfig& config, const Components& c) {
   const Params& sp = config.table("sample");
   auto [safe_start, safe_end] = c.parameterization->safe_interval(*c.path);

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pathline/params.hpp"
@@ -145,11 +146,16 @@ using Factory = std::function<std::shared_ptr<Interface>(const Params&, const Bu
 // The same, with the interface erased; the registry restores it by kind.
 using ErasedFactory = std::function<std::shared_ptr<void>(const Params&, const BuildContext&)>;
 
-// How a component presents itself: its name in `type = "..."`, a one-line doc, its parameters.
+// How a component presents itself: its name in `type = "..."`, a one-line doc, its parameters, and
+// the types it suggests for later slots that a pipeline leaves out (pipeline order: dataset, source,
+// path, coupling, time_sampler, parameterization, model, solver, time_grid). The variance-exploding
+// path suggests {{"solver", "heun"}}: the default euler misses its flow at 100 steps. A pipeline that
+// names the slot, or an earlier component's suggestion for it, wins.
 struct ComponentDecl {
   std::string name;
   std::string doc;
   std::vector<ParamSpec> params;
+  std::vector<std::pair<std::string, std::string>> suggests = {};  // {slot, type}
 };
 
 }  // namespace pathline

@@ -30,12 +30,17 @@ struct Components {
   std::shared_ptr<TimeGrid> time_grid;
   std::vector<BuiltMetric> metrics;
   BuildContext context;  // context.data: what the engine knows about the target data
+  // What the user should know but chose (a solver whose steps the user set, missing the exact flow
+  // by more than kMaxNoiseScaleError): `note:` lines for the command to print or log.
+  std::vector<std::string> notes;
 
   const DataInfo& data() const { return context.data; }
 };
 
 // Builds every slot in pipeline order; checks what only the built components can tell (the source
-// draws samples shaped like the data; labels asked for exist). Throws InputError naming the slot.
+// draws samples shaped like the data; labels asked for exist; the sampling interval and the solver's
+// grid resolve, and the solver at its default steps follows the path's exact flow of a point mass
+// within kMaxNoiseScaleError). Throws ConfigError naming where the slot or key was given.
 PATHLINE_API Components build_components(const PipelineConfig& config, const Registry& registry);
 
 // The device [run] device names: "cpu"; "cuda", the GPU of index LOCAL_RANK in a data-parallel run
@@ -52,7 +57,8 @@ PATHLINE_API std::string cuda_absence();
 // labels asked for, and resolves the sampling interval and the solver's grid (the conversions the
 // solver needs must be well posed on the path). Nothing is trained or written. ConfigError, each
 // line naming the file, line and key (or the component's table) where the problem was given.
-PATHLINE_API void check_pipeline(const PipelineConfig& config, const Registry& registry);
+// Returns the notes of build_components.
+PATHLINE_API std::vector<std::string> check_pipeline(const PipelineConfig& config, const Registry& registry);
 
 // Sets LibTorch's intra-op threads from [run] threads (0: every core), and keep_freed_memory().
 PATHLINE_API void apply_thread_setting(const PipelineConfig& config);

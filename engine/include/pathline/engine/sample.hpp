@@ -64,6 +64,22 @@ PATHLINE_API SamplingInterval sampling_interval(const PipelineConfig& config, co
 // ends for an adaptive solver).
 PATHLINE_API std::vector<double> solver_times(const Components& components, double t0, double t1);
 
+// How far a solver lands from the exact flow on the one field every path knows exactly: a point mass
+// at the origin, where x_t = sigma_t x0 and every prediction is a multiple of x. Starting from
+// sigma_{t_start} x0 on the grid it would be given over [t_start, t_end], the solver runs to the last
+// grid time where the noise still dominates (sigma_t >= alpha_t; an adaptive solver to where
+// sigma_t = alpha_t); the result is the relative error of its noise scale there (the root mean square
+// over 20,000 fixed draws against sigma_t; 0 when the interval starts where the data dominates).
+// Errors made there shrink or grow every sample alike and carry through to the data: on the
+// variance-exploding path, whose noise scale spans three orders of magnitude, euler with 100 steps
+// is 9.9% off (energy distance about 0.17), midpoint with 50 steps 1.1%.
+PATHLINE_API double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start,
+                                      double t_end);
+// The most a pipeline's solver may miss by at its default steps: 5%. Over it, building the pipeline
+// (validate, run, sample) refuses it when [solver] steps was left at its default, and notes it when
+// the user chose the steps (few-step sampling is a choice).
+inline constexpr double kMaxNoiseScaleError = 0.05;
+
 // The label each of n samples is asked for: [sample] labels in turn, or every class in turn when
 // that is empty; undefined for unlabelled data.
 PATHLINE_API torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data,
