@@ -49,7 +49,34 @@ macro(pathline_find_torch)
   if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
     set(TORCH_CUDA_ARCH_LIST "8.0;9.0")
   endif()
+  # TorchConfig.cmake looks for its own libraries with find_library(... PATHS <prefix>/lib), which
+  # searches the system folders first: with Debian's libtorch-dev installed beside the pinned torch,
+  # the headers of one would be linked with the libraries of the other. The candidate prefixes join
+  # CMAKE_PREFIX_PATH (searched before the system folders) for this one call.
+  set(_pft_saved_prefix_path "${CMAKE_PREFIX_PATH}")
+  set(_pft_dirs ${_pft_hints})
+  if(Torch_DIR)
+    list(PREPEND _pft_dirs "${Torch_DIR}")
+  elseif(DEFINED ENV{Torch_DIR})
+    list(PREPEND _pft_dirs "$ENV{Torch_DIR}")
+  endif()
+  foreach(_pft_dir IN LISTS _pft_dirs)
+    get_filename_component(_pft_prefix "${_pft_dir}/../../.." ABSOLUTE)
+    list(APPEND CMAKE_PREFIX_PATH "${_pft_prefix}")
+  endforeach()
   find_package(Torch CONFIG QUIET HINTS ${_pft_hints})
+  set(CMAKE_PREFIX_PATH "${_pft_saved_prefix_path}")
+  if(Torch_FOUND AND TORCH_LIBRARY)
+    get_filename_component(_pft_libdir "${TORCH_LIBRARY}" DIRECTORY)
+    get_filename_component(_pft_libdir "${_pft_libdir}" REALPATH)
+    get_filename_component(_pft_own "${TORCH_INSTALL_PREFIX}/lib" REALPATH)
+    if(NOT _pft_libdir STREQUAL _pft_own)
+      message(FATAL_ERROR
+        "LibTorch at ${TORCH_INSTALL_PREFIX} would link ${TORCH_LIBRARY}, another LibTorch's library "
+        "(TORCH_LIBRARY in this build folder's cache). Configure a fresh build folder, or pass "
+        "-DTorch_DIR=${Torch_DIR} -DCMAKE_PREFIX_PATH=${TORCH_INSTALL_PREFIX}.")
+    endif()
+  endif()
   if(NOT Torch_FOUND)
     message(FATAL_ERROR
       "Pathline needs LibTorch ${PATHLINE_TORCH_MINIMUM_VERSION} or newer and found none. "
