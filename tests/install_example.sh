@@ -63,7 +63,8 @@ done
 torch_dir=$(sed -n 's/^Torch_DIR:[A-Z]*=//p' "$build/CMakeCache.txt")
 [[ -d $torch_dir ]] || fail "no Torch_DIR in $build/CMakeCache.txt"
 torch_home=$(realpath "$torch_dir/../../../..")
-outside_torch() { sed "s|$torch_home[^;\" :]*||g" | grep -F -e "$build" -e "$source"; }
+torch_named=${torch_dir%/torch/share/cmake/Torch}  # the same folder as written (.venv may be a link)
+outside_torch() { sed -e "s|$torch_home[^;\" :]*||g" -e "s|$torch_named[^;\" :]*||g" | grep -F -e "$build" -e "$source"; }
 if grep -rF -e "$build" -e "$source" "$libdir/cmake" "$prefix/include" | outside_torch; then
   fail "installed files name the build or source tree"
 fi

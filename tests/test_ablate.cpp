@@ -157,14 +157,17 @@ TEST_F(Ablate, SweepKeyTyposAreErrorsWithADidYouMean) {
     return r.err;
   };
   EXPECT_CONTAINS(refused("[ablation]\n\"solver.typ\" = [\"euler\"]\n"),
-                  file + ":19:16: [ablation] \"solver.typ\": no solver of this sweep ('euler') has a parameter "
-                         "'typ'; did you mean \"solver.type\"?");
+                  file +
+                      ":19:16: [ablation] \"solver.typ\": no solver of this sweep ('euler') has a parameter "
+                      "'typ'; did you mean \"solver.type\"?");
   EXPECT_CONTAINS(refused("[ablation]\n\"solvr.steps\" = [2, 4]\n"),
                   file + ":19:17: [ablation] \"solvr.steps\": unknown table [solvr]; did you mean [solver]?");
   EXPECT_CONTAINS(refused("[ablation]\n\"train.lrr\" = [1e-3]\n"), "did you mean");
-  EXPECT_CONTAINS(refused("[ablation]\nsolver.type = [\"euler\", \"heun\"]\n"),
-                  file + ":19:15: [ablation] solver.type: TOML reads an unquoted dotted key as a table; write the "
-                         "key in quotes: \"solver.type\" = [...]");
+  EXPECT_CONTAINS(
+      refused("[ablation]\nsolver.type = [\"euler\", \"heun\"]\n"),
+      file +
+          ":19:15: [ablation] solver.type: TOML reads an unquoted dotted key as a table; write the "
+          "key in quotes: \"solver.type\" = [...]");
   // A key that some variants' components declare is still dropped where it does not apply.
   EXPECT_NO_THROW(plan("[ablation]\n\"solver.type\" = [\"euler\", \"dopri5\"]\n\"solver.rtol\" = [1e-3]\n"));
 }

@@ -271,8 +271,8 @@ TEST(CheckpointFile, ModulesNamedAfterKeywordsTrainSampleAndResume) {
   auto ref = run_cli("run '" + (dir / "p.toml").string() + "' --run-dir '" + (dir / "ref").string() + "'" +
                      sets + plugins);
   ASSERT_EQ(ref.code, 0) << ref.err;
-  auto sampled = run_cli("sample '" + (dir / "ref").string() + "' --out '" + (dir / "again").string() + "'" +
-                         plugins);
+  auto sampled =
+      run_cli("sample '" + (dir / "ref").string() + "' --out '" + (dir / "again").string() + "'" + plugins);
   ASSERT_EQ(sampled.code, 0) << sampled.err;
   EXPECT_TRUE(read_text(dir / "ref" / "samples.npy") == read_text(dir / "again" / "samples.npy"));
   auto raw = run_cli("sample '" + (dir / "ref").string() + "' --set sample.use_ema=false --out '" +

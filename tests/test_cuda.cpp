@@ -8,8 +8,8 @@
 #include <signal.h>
 
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/pipeline.hpp"
 #include "pathline/engine/run.hpp"
@@ -318,22 +318,18 @@ TEST(Cuda, CheckpointsCarryTheGpuGeneratorThatDropoutDrawsFrom) {
     for (const auto& p : c.model->parameters()) out.push_back(p.detach().cpu().clone());
     return out;
   };
-  std::stringstream state;
   Components first = build_components(config, testing::builtin_registry());
   Trainer original(config, first);
   weights_after(original, first);
-  torch::serialize::OutputArchive out;
+  NamedState out;
   original.save_state(out);
-  out.save_to(state);
+  const std::string state = out.encode("state");
   const auto reference = weights_after(original, first);
 
   auto continued = [&](bool reseed_gpu) {
     Components c = build_components(config, testing::builtin_registry());
     Trainer trainer(config, c);
-    std::stringstream copy(state.str());
-    torch::serialize::InputArchive in;
-    in.load_from(copy);
-    trainer.load_state(in);
+    trainer.load_state(NamedState::decode(state, "state"), "state");
     if (reseed_gpu) {
       at::Generator gpu = at::globalContext().defaultGenerator(c.context.device);
       gpu.set_current_seed(12345);

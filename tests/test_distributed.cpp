@@ -60,7 +60,8 @@ timeout = 20
 device = "cpu"
 )";
 
-std::vector<torch::Tensor> run_weights(const fs::path& run, const std::string& file = "model-raw.safetensors") {
+std::vector<torch::Tensor> run_weights(const fs::path& run,
+                                       const std::string& file = "model-raw.safetensors") {
   PipelineConfig config = load_config(run / "config.toml", testing::builtin_registry());
   Components c = build_components(config, testing::builtin_registry());
   load_weights(*c.model, run / file);

@@ -54,7 +54,9 @@ nlohmann::json summary_of(const std::filesystem::path& dir) {
 // Whether `picture` (grey) holds `grid` (grey) scaled up `scale` times by repetition, anywhere.
 bool contains_scaled(const Image& picture, const Image& grid, int scale) {
   const int w = grid.width * scale, h = grid.height * scale;
-  auto at = [](const Image& im, int x, int y) { return im.pixels[static_cast<std::size_t>(y) * im.width + x]; };
+  auto at = [](const Image& im, int x, int y) {
+    return im.pixels[static_cast<std::size_t>(y) * im.width + x];
+  };
   for (int y0 = 0; y0 + h <= picture.height; ++y0)
     for (int x0 = 0; x0 + w <= picture.width; ++x0) {
       bool same = true;
@@ -100,7 +102,8 @@ TEST(ImagesPipeline, UnetRunWritesImageOutputs) {
   // names: the grid appears in the picture exactly, scaled up.
   EXPECT_GE(written.width, 800);
   const int scale = (800 + expected.width - 1) / expected.width;
-  EXPECT_TRUE(contains_scaled(written, expected, scale)) << "samples.png does not hold the sample grid x" << scale;
+  EXPECT_TRUE(contains_scaled(written, expected, scale))
+      << "samples.png does not hold the sample grid x" << scale;
   // Left of the grid, the ten class names: Fashion-MNIST's, in dark text on white (a build without
   // charts, PATHLINE_CHARTS=OFF, draws the grid alone).
   if (plot::available()) EXPECT_GT(dark_pixels_left_of(written, written.width - expected.width * scale), 200);

@@ -348,14 +348,16 @@ TEST_F(PlotTest, BarChartBarsAreAsTallAsTheirValues) {
 }
 
 // Dark pixels in the columns [x0, x1) over the whole height.
-std::int64_t dark_in_columns(const Image& im, int x0, int x1) { return count(im, is_dark, x0, 0, x1, im.height); }
+std::int64_t dark_in_columns(const Image& im, int x0, int x1) {
+  return count(im, is_dark, x0, 0, x1, im.height);
+}
 
 TEST_F(PlotTest, BarChartErrorBarsReachOneStandardDeviationEitherSide) {
   plot::Axes axes{"W2 squared by coupling", "coupling", "W2 squared"};
   const std::vector<std::string> names = {"independent", "minibatch_ot"};
   plot::bar_chart(path("plain.png"), axes, names, {0.4, 0.2});
-  pathline::write_file_atomic(path("bars.png"),
-                              pathline::plot::bar_chart(path("bars.png"), axes, names, {0.4, 0.2}, {0.1, 0.0}));
+  pathline::write_file_atomic(
+      path("bars.png"), pathline::plot::bar_chart(path("bars.png"), axes, names, {0.4, 0.2}, {0.1, 0.0}));
   const Image plain = read_plot(path("plain.png")), bars = read_plot(path("bars.png"));
   // The first bar's centre column: the error bar is a dark line 2 x 0.1 tall, about half the bar.
   int first = -1, last = -1;
@@ -368,7 +370,8 @@ TEST_F(PlotTest, BarChartErrorBarsReachOneStandardDeviationEitherSide) {
   ASSERT_GT(last - first, 20);
   const int centre = (first + last) / 2;
   const std::int64_t bar_height = count(plain, is_blue, centre, 0, centre + 1, plain.height);
-  const std::int64_t extra = dark_in_columns(bars, centre - 1, centre + 2) - dark_in_columns(plain, centre - 1, centre + 2);
+  const std::int64_t extra =
+      dark_in_columns(bars, centre - 1, centre + 2) - dark_in_columns(plain, centre - 1, centre + 2);
   EXPECT_GT(extra, bar_height / 3) << "bar " << bar_height << " px, error bar adds " << extra << " dark px";
   // The second bar has no spread: nothing added over it.
   EXPECT_THROW(pathline::plot::bar_chart(path("x.png"), axes, names, {0.4, 0.2}, {0.1}), std::exception);
@@ -394,7 +397,8 @@ TEST_F(PlotTest, LineChartErrorBarsWidenTheRangeAndMustPairWithThePoints) {
   const auto [e_top, e_bottom] = blue_rows(e);
   // Without the bar the line spans the frame; with it, line and bar span about the same height
   // (1 to 5 fills the frame), but the line itself (1 to 3) only half of it.
-  EXPECT_NEAR(static_cast<double>(e_bottom - e_top), static_cast<double>(n_bottom - n_top), 0.1 * (n_bottom - n_top));
+  EXPECT_NEAR(static_cast<double>(e_bottom - e_top), static_cast<double>(n_bottom - n_top),
+              0.1 * (n_bottom - n_top));
   EXPECT_GT(count(e, is_blue), count(n, is_blue));
   with.error = {0.1};
   EXPECT_THROW(pathline::plot::line_chart(path("bad.png"), axes, {with}), std::exception);

@@ -144,21 +144,24 @@ void check_labels(const PipelineConfig& config, const DataInfo& data, const std:
   };
   if (!data.labelled()) {
     if (guidance != 1.0)
-      throw problem("sample.guidance_scale",
-                    fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
-                                "set guidance_scale = 1 or use a labelled data set",
-                                guidance, dataset_type));
+      throw problem(
+          "sample.guidance_scale",
+          fmt::format("sample.guidance_scale = {} needs labelled data, but dataset '{}' has no labels; "
+                      "set guidance_scale = 1 or use a labelled data set",
+                      guidance, dataset_type));
     if (!labels.empty())
-      throw problem("sample.labels",
-                    fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
+      throw problem(
+          "sample.labels",
+          fmt::format("sample.labels is set, but dataset '{}' has no labels; remove it", dataset_type));
     return;
   }
   for (std::int64_t label : labels)
     if (label != kNullLabel && (label < 0 || label >= data.num_classes))
-      throw problem("sample.labels",
-                    fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
-                                "unconditional samples)",
-                                label, dataset_type, data.num_classes - 1));
+      throw problem(
+          "sample.labels",
+          fmt::format("sample.labels: {} is not a class of dataset '{}' (classes 0 to {}, or -1 for "
+                      "unconditional samples)",
+                      label, dataset_type, data.num_classes - 1));
 }
 
 // The sampling interval and the solver's grid resolve, and the solver follows the path's exact flow
@@ -186,8 +189,7 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
       Params params = solver.params;
       params.set("steps", more);
       auto candidate = registry.create<Solver>(solver.type, params, c.context);
-      const double e =
-          noise_scale_error(*candidate, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+      const double e = noise_scale_error(*candidate, *c.time_grid, *c.path, interval.t_start, interval.t_end);
       if (e <= kMaxNoiseScaleError) {
         advice = fmt::format("solver.steps = {} ({:.1f}%), ", more, 100 * e);
         break;
@@ -198,8 +200,9 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
       "solver '{}'{} on path '{}' (time grid '{}') misses the exact flow by {:.1f}% where the noise "
       "dominates (a point mass at 0: x_t = sigma_t x0; at most {:.0f}% at the solver's default steps); "
       "{}a higher-order solver (midpoint, heun) or dpmpp_2m samples this path well",
-      solver.type, steps > 0 ? fmt::format(" with {} steps", steps) : std::string(), config.component("path").type,
-      config.component("time_grid").type, 100 * error, 100 * kMaxNoiseScaleError, advice);
+      solver.type, steps > 0 ? fmt::format(" with {} steps", steps) : std::string(),
+      config.component("path").type, config.component("time_grid").type, 100 * error,
+      100 * kMaxNoiseScaleError, advice);
   if (config.positions.count("solver.steps")) {
     c.notes.push_back(what);
     return;
@@ -239,8 +242,8 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   ctx.data = c.dataset->info();
   ctx.dataset = c.dataset;
   if (ctx.data.shape.empty())
-    throw ConfigError(
-        {fmt::format("{}: [dataset] (type '{}'): it reports an empty sample shape", dataset.where, dataset.type)});
+    throw ConfigError({fmt::format("{}: [dataset] (type '{}'): it reports an empty sample shape",
+                                   dataset.where, dataset.type)});
   check_labels(config, ctx.data, dataset.type);
 
   const ComponentConfig& source = config.component("source");

@@ -190,13 +190,15 @@ void register_paths(pathline::Registrar& registrar) {
                        "noise std at t = 0; at least the data's diameter (15 covers every toy2d shape)")
            .greater_than(0.0)},
       // Its noise scale spans three orders of magnitude: first-order steps in t shrink it too fast
-      // (euler at 100 steps misses the exact flow by 10%), a second-order one follows it (Karras et
-      // al. 2022 sample this path with Heun's method).
+      // (euler at 100 steps misses the exact flow by 10%: energy distance 0.019 on the checkerboard),
+      // a second-order one follows it (1%, 0.012; Karras et al. 2022 sample this path with Heun).
       {{"solver", "heun"}}});
   registrar.add_type<Path, PolynomialPath>(ComponentDecl{
       "polynomial",
       "x_t = t^exponent x1 + (1 - t^exponent) x0 (exponent 1: linear; above 1 it lingers near noise)",
-      {ParamSpec::real("exponent", 2.0, "the exponent of alpha_t = t^exponent").greater_than(0.0).at_most(16.0)}});
+      {ParamSpec::real("exponent", 2.0, "the exponent of alpha_t = t^exponent")
+           .greater_than(0.0)
+           .at_most(16.0)}});
 }
 
 }  // namespace

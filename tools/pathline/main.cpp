@@ -212,7 +212,8 @@ void print_params(const std::vector<ParamSpec>& specs) {
 }
 
 // The [ablation] table, for `pathline ablate --help` and `pathline inspect ablation`.
-constexpr const char* kAblationHelp = R"([ablation] (read by 'pathline ablate'; other commands run the base pipeline)
+constexpr const char* kAblationHelp =
+    R"([ablation] (read by 'pathline ablate'; other commands run the base pipeline)
 
 Every key is a config key in quotes, as --set writes it, with the list of values to try:
   "<slot>.type"          a component type per variant; "*" = every registered one of that kind
@@ -244,7 +245,8 @@ int cmd_inspect(const std::vector<std::string>& args) {
                         "KIND NAME, KIND.NAME or an engine table");
   po::positional_options_description positional;
   positional.add("what", -1);
-  auto vm = parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval|ablation");
+  auto vm =
+      parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval|ablation");
   if (!vm) return kOk;
   std::vector<std::string> what =
       vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
@@ -264,7 +266,8 @@ int cmd_inspect(const std::vector<std::string>& args) {
   }
   if (what.size() != 2)
     throw UsageError(
-        "expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME, an engine table (run, train, sample, eval) "
+        "expected KIND NAME (e.g. 'inspect path linear'), KIND.NAME, an engine table (run, train, sample, "
+        "eval) "
         "or ablation");
   auto kind = kind_from_string(what[0]);
   // A slot's name works too: `inspect source gaussian` is `inspect dataset gaussian`.

@@ -1088,10 +1088,11 @@ std::string image_sheet(const fs::path& file, const ImageSheet& sheet, int min_w
   if (format_of(file) != Format::png) fail(file, "an image sheet is a PNG (its pixels are the content)");
   const int w = sheet.width, h = sheet.height, c = sheet.channels;
   if (w < 1 || h < 1 || (c != 1 && c != 3) ||
-      sheet.pixels.size() != static_cast<std::size_t>(w) * static_cast<std::size_t>(h) * static_cast<std::size_t>(c))
+      sheet.pixels.size() !=
+          static_cast<std::size_t>(w) * static_cast<std::size_t>(h) * static_cast<std::size_t>(c))
     fail(file, "an image sheet needs width x height x channels (1 or 3) bytes, got " +
-                   std::to_string(sheet.pixels.size()) + " for " + std::to_string(w) + "x" + std::to_string(h) +
-                   "x" + std::to_string(c));
+                   std::to_string(sheet.pixels.size()) + " for " + std::to_string(w) + "x" +
+                   std::to_string(h) + "x" + std::to_string(c));
   if (sheet.tile_width < 1 || sheet.tile_height < 1 || sheet.pad < 0)
     fail(file, "an image sheet needs tiles of at least 1x1 pixel");
   const int pitch_x = sheet.tile_width + sheet.pad, pitch_y = sheet.tile_height + sheet.pad;
@@ -1103,13 +1104,16 @@ std::string image_sheet(const fs::path& file, const ImageSheet& sheet, int min_w
   cairo_surface_t* probe_surface = cairo_image_surface_create(CAIRO_FORMAT_RGB24, 1, 1);
   cairo_t* probe = cairo_create(probe_surface);
   double label_width = 0;
-  for (const auto& label : sheet.row_labels) label_width = std::max(label_width, measure(probe, label, kLabelSize).width);
+  for (const auto& label : sheet.row_labels)
+    label_width = std::max(label_width, measure(probe, label, kLabelSize).width);
   cairo_destroy(probe);
   cairo_surface_destroy(probe_surface);
   const double margin = 10;  // points
-  const double left = sheet.row_labels.empty() ? margin : label_width + 2 * margin;
-  const double top = margin + (sheet.title.empty() ? 0 : kTitleSize + 8) +
-                     (sheet.column_labels.empty() ? 0 : kLabelSize + 6);
+  // The grid's corner on a whole screen pixel, so that every image pixel is exactly scale x scale.
+  auto on_pixel = [](double points) { return std::ceil(points * kPngPixelsPerPoint) / kPngPixelsPerPoint; };
+  const double left = on_pixel(sheet.row_labels.empty() ? margin : label_width + 2 * margin);
+  const double top = on_pixel(margin + (sheet.title.empty() ? 0 : kTitleSize + 8) +
+                              (sheet.column_labels.empty() ? 0 : kLabelSize + 6));
   const double image_w = static_cast<double>(w * scale) / kPngPixelsPerPoint,
                image_h = static_cast<double>(h * scale) / kPngPixelsPerPoint;
   Figure figure(file, left + image_w + margin, top + image_h + margin);
@@ -1140,8 +1144,9 @@ std::string image_sheet(const fs::path& file, const ImageSheet& sheet, int min_w
 
   const double unit_x = image_w / w, unit_y = image_h / h;
   if (!sheet.title.empty())
-    draw_text(cr, left + image_w / 2, margin, sheet.title, fitted_size(cr, sheet.title, kTitleSize, left + image_w),
-              HAlign::centre, VAlign::top, kInk, true);
+    draw_text(cr, left + image_w / 2, margin, sheet.title,
+              fitted_size(cr, sheet.title, kTitleSize, left + image_w), HAlign::centre, VAlign::top, kInk,
+              true);
   for (int r = 0; r < rows && r < static_cast<int>(sheet.row_labels.size()); ++r)
     draw_text(cr, left - margin, top + (r * pitch_y + sheet.tile_height / 2.0) * unit_y, sheet.row_labels[r],
               kLabelSize, HAlign::right, VAlign::middle);

@@ -134,7 +134,8 @@ const std::vector<ParamSpec>& engine_table_specs(const std::string& table) {
             .at_least(0),
         ParamSpec::integer("keep_checkpoints", 2, "how many of the newest checkpoints to keep").at_least(1),
         ParamSpec::real("ema_decay", 0.999,
-                        "exponential moving average of the weights, kept beside the raw ones (model.safetensors holds it, "
+                        "exponential moving average of the weights, kept beside the raw ones "
+                        "(model.safetensors holds it, "
                         "model-raw.safetensors the raw weights) "
                         "and used for sampling by default; 0 disables")
             .range(0, 1)
@@ -615,7 +616,8 @@ class Validator {
       // sets that key of the default component (solver.steps=4 without a [solver] table).
       toml::table created;
       const SlotSpec* slot = find_slot(set.table);
-      if (slot && !slot->default_type.empty() && set.key != "type") created.insert("type", default_type(*slot, root));
+      if (slot && !slot->default_type.empty() && set.key != "type")
+        created.insert("type", default_type(*slot, root));
       root.insert(set.table, std::move(created));
       created_[address] = origin;
       existing = root.get(set.table);
@@ -1092,8 +1094,8 @@ class Validator {
   std::vector<Problem> problems_;
   std::vector<std::string> notes_;
   std::map<std::string, std::string> positions_;  // "table.key" -> where its value was given
-  std::map<std::string, SetOption> set_keys_;  // "path.type", "metric[1].samples" -> the --set that set it
-  std::map<std::string, SetOption> created_;   // "run", "metric[2]" -> the --set that created the table
+  std::map<std::string, SetOption> set_keys_;     // "path.type", "metric[1].samples" -> the --set that set it
+  std::map<std::string, SetOption> created_;      // "run", "metric[2]" -> the --set that created the table
   std::map<std::string, std::string> file_types_;  // "path" -> its type before the first --set path.type
 };
 

@@ -637,8 +637,8 @@ namespace {
 // The one reader behind read_safetensors (a file) and decode_safetensors (bytes in memory): `in`
 // gives size() and read(into, n); `file` names the source in errors.
 template <class Source>
-std::vector<std::pair<std::string, torch::Tensor>> read_safetensors_from(Source& in, const fs::path& file,
-                                                                        std::map<std::string, std::string>* metadata) {
+std::vector<std::pair<std::string, torch::Tensor>> read_safetensors_from(
+    Source& in, const fs::path& file, std::map<std::string, std::string>* metadata) {
   if (metadata) metadata->clear();
   const std::uint64_t size = in.size();
   if (size < 8)

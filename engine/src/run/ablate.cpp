@@ -243,8 +243,8 @@ class AblationReader {
     for (const auto& slot : pipeline_slots()) tables.push_back(slot.table);
     if (std::find(tables.begin(), tables.end(), table) == tables.end()) {
       const std::string suggestion = closest_match(table, tables);
-      problems.push_back(where(file_, node.source()) + ": [ablation] \"" + key + "\": unknown table [" + table +
-                         "]" + (suggestion.empty() ? "" : "; did you mean [" + suggestion + "]?") +
+      problems.push_back(where(file_, node.source()) + ": [ablation] \"" + key + "\": unknown table [" +
+                         table + "]" + (suggestion.empty() ? "" : "; did you mean [" + suggestion + "]?") +
                          " (the tables: " + join(tables) + ")");
     }
   }
@@ -322,7 +322,8 @@ AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
   // declare, such as solver.steps beside an adaptive solver, is dropped where it does not apply.)
   for (const auto& key : plan.keys) {
     const auto dot = key.find('.');
-    if (dot == std::string::npos || key.find('[') != std::string::npos || key.substr(dot + 1) == "type") continue;
+    if (dot == std::string::npos || key.find('[') != std::string::npos || key.substr(dot + 1) == "type")
+      continue;
     const std::string slot = key.substr(0, dot), param = key.substr(dot + 1);
     std::set<std::string> types;
     for (const auto& settings : rows) {
@@ -349,9 +350,10 @@ AblationPlan plan_ablation(const fs::path& file, const Registry& registry,
     std::string type_list;
     for (const auto& t : types) type_list += (type_list.empty() ? "'" : ", '") + t + "'";
     const std::string suggestion = closest_match(param, candidates);
-    problems.push_back(fmt::format("{}: [ablation] \"{}\": no {} of this sweep ({}) has a parameter '{}'{}",
-                                   reader.positions[key], key, slot, type_list, param,
-                                   suggestion.empty() ? "" : "; did you mean \"" + slot + "." + suggestion + "\"?"));
+    problems.push_back(
+        fmt::format("{}: [ablation] \"{}\": no {} of this sweep ({}) has a parameter '{}'{}",
+                    reader.positions[key], key, slot, type_list, param,
+                    suggestion.empty() ? "" : "; did you mean \"" + slot + "." + suggestion + "\"?"));
   }
   if (!problems.empty()) throw ConfigError(problems);
   std::set<std::string> seen, seen_problems;
@@ -514,7 +516,8 @@ struct Row {
 };
 
 void write_results(const fs::path& dir, const AblationPlan& plan, const std::vector<Row>& rows,
-                   const std::vector<std::string>& metric_names, const std::map<std::string, bool>& lower_better,
+                   const std::vector<std::string>& metric_names,
+                   const std::map<std::string, bool>& lower_better,
                    const std::map<std::string, std::string>& quantity, const Logger& log) {
   // A metric under its name and, where it differs, what it computes: "wasserstein (W2 squared)".
   auto shown = [&](const std::string& m) {

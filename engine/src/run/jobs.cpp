@@ -128,8 +128,8 @@ std::string class_label(const DataInfo& data, std::int64_t label) {
 // A grid of images [N, C, H, W] (values in [lo, hi]), `cols` a row, drawn at least 800 pixels wide
 // (each pixel a square, nearest neighbour) with its rows and columns labelled; a build without
 // charts (PATHLINE_CHARTS=OFF) writes the same grid scaled up, without the labels.
-void write_image_sheet(const fs::path& file, const torch::Tensor& images, std::int64_t cols, double lo, double hi,
-                       std::vector<std::string> row_labels, std::vector<std::string> column_labels,
+void write_image_sheet(const fs::path& file, const torch::Tensor& images, std::int64_t cols, double lo,
+                       double hi, std::vector<std::string> row_labels, std::vector<std::string> column_labels,
                        const std::string& title) {
   constexpr int kPad = 2, kMinWidth = 800;
   const Image grid = image_grid(images, cols, lo, hi, kPad);
@@ -144,7 +144,8 @@ void write_image_sheet(const fs::path& file, const torch::Tensor& images, std::i
       for (int x = 0; x < big.width; ++x)
         for (int ch = 0; ch < big.channels; ++ch)
           big.pixels[(static_cast<std::size_t>(y) * big.width + x) * big.channels + ch] =
-              grid.pixels[(static_cast<std::size_t>(y / scale) * grid.width + x / scale) * grid.channels + ch];
+              grid.pixels[(static_cast<std::size_t>(y / scale) * grid.width + x / scale) * grid.channels +
+                          ch];
     write_png(file, big);
     return;
   }
@@ -191,8 +192,8 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
     const double lo = std::isfinite(data.min_value) ? data.min_value : -1.0;
     const double hi = std::isfinite(data.max_value) ? data.max_value : 1.0;
     const std::string solver = config.component("solver").type;
-    write_image_sheet(dir / "samples.png", images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)), cols,
-                      lo, hi, row_labels, {},
+    write_image_sheet(dir / "samples.png", images.narrow(0, 0, std::min<std::int64_t>(images.size(0), 100)),
+                      cols, lo, hi, row_labels, {},
                       fmt::format("{} samples, {} ({} NFE)", s.samples.size(0), solver, s.nfe));
     if (s.trajectories.defined()) {
       // [steps + 1, K, C, H, W]: a row per sample, a column per time (at most 10 times).
@@ -211,7 +212,8 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
       }
       if (time_labels.size() != static_cast<std::size_t>(picked.size(0))) time_labels.clear();
       if (s.labels.defined())
-        for (std::int64_t i = 0; i < k; ++i) sample_labels.push_back(class_label(data, s.labels[i].item<std::int64_t>()));
+        for (std::int64_t i = 0; i < k; ++i)
+          sample_labels.push_back(class_label(data, s.labels[i].item<std::int64_t>()));
       write_image_sheet(dir / "trajectories.png", grid, picked.size(0), lo, hi, sample_labels, time_labels,
                         "from the source (left) to samples (right)");
     }
@@ -413,12 +415,17 @@ LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
   return {std::move(config), std::move(c), weights};
 }
 
-void log_weights(const Logger& log, const std::string& weights) {
-  if (log && !weights.empty())
-    log(weights == "model-raw.safetensors" || weights == "model.pt"
-            ? "weights: the raw weights (" + weights + ")"
-        : weights == "model-ema.pt" ? "weights: the EMA weights (model-ema.pt)"
-                                    : "weights: " + weights);
+void log_weights(const Logger& log, const std::string& weights, const fs::path& run_dir) {
+  if (!log || weights.empty()) return;
+  std::error_code ec;
+  // model.safetensors holds the EMA weights exactly when the raw ones were written beside them.
+  const bool ema = weights == "model-ema.pt" ||
+                   (weights == "model.safetensors" && fs::exists(run_dir / "model-raw.safetensors", ec));
+  const bool raw =
+      weights == "model-raw.safetensors" || weights == "model.pt" || weights == "model.safetensors";
+  log(ema   ? "weights: the EMA weights (" + weights + ")"
+      : raw ? "weights: the raw weights (" + weights + ")"
+            : "weights: " + weights);
 }
 
 // After training: the weights (raw, and EMA beside them), the loss curve, and for `run` the
@@ -608,7 +615,7 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
   fs::create_directories(dir, ec);
   if (ec) throw InputError(dir.string() + ": cannot create: " + ec.message());
   if (log) log("sample directory: " + dir.string());
-  log_weights(log, run.weights);
+  log_weights(log, run.weights, run_dir);
   write_file_atomic(dir / "config.toml", run.config.to_toml());
   if (noise.defined() && log)
     log(fmt::format("sample: starting from the {} source points of {}", noise.size(0), noise_file->string()));
@@ -650,7 +657,7 @@ fs::path eval_job(const fs::path& run_dir, const Registry& registry, const EvalO
   json result;
   torch::Tensor samples, labels;
   if (fresh) {
-    log_weights(log, run.weights);
+    log_weights(log, run.weights, run_dir);
     json sampling;
     SampleResult s = sample_logged(config, c, log, sampling);
     samples = s.samples;
@@ -669,7 +676,7 @@ fs::path eval_job(const fs::path& run_dir, const Registry& registry, const EvalO
     if (labels.defined() && (labels.dim() != 1 || labels.size(0) != samples.size(0)))
       throw InputError(fmt::format("{}: {} labels for {} samples", labels_file.string(),
                                    labels.dim() == 1 ? labels.size(0) : -1, samples.size(0)));
-    log_weights(log, run.weights);
+    log_weights(log, run.weights, run_dir);
     if (log) log(fmt::format("eval: the run's {} samples (samples.npy)", samples.size(0)));
     result["samples"] = "samples.npy";
   }

@@ -84,13 +84,21 @@ std::optional<std::pair<double, double>> conversion_interval(const Path& path, Q
     why = "nowhere on [0, 1]";
     return std::nullopt;
   }
+  int bad_first = -1, bad_last = -1;
   for (int i = first; i <= last; ++i)
     if (!flags[i]) {
-      why = fmt::format("not near t = {:.3f}, inside the interval", static_cast<double>(i) / (kPoints - 1));
-      return std::nullopt;
+      if (bad_first < 0) bad_first = i;
+      bad_last = i;
     }
+  if (bad_first >= 0) {
+    why = fmt::format("not between t = {:.3f} and {:.3f}, inside the interval",
+                      static_cast<double>(bad_first) / (kPoints - 1),
+                      static_cast<double>(bad_last) / (kPoints - 1));
+    return std::nullopt;
+  }
   auto refine = [&](int good_index, int bad_index) {
-    double good = static_cast<double>(good_index) / (kPoints - 1), bad = static_cast<double>(bad_index) / (kPoints - 1);
+    double good = static_cast<double>(good_index) / (kPoints - 1),
+           bad = static_cast<double>(bad_index) / (kPoints - 1);
     for (int k = 0; k < 60 && std::abs(good - bad) > 1e-9; ++k) {
       const double mid = 0.5 * (good + bad);
       (ok(mid) ? good : bad) = mid;
@@ -125,7 +133,8 @@ class PointMassField final : public VectorField {
 
 }  // namespace
 
-double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start, double t_end) {
+double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start,
+                         double t_end) {
   if (!(t_start < t_end)) return 0.0;
   auto noise_dominates = [&](double t) {
     const auto c = path.coefficients(torch::full({1}, t, torch::kFloat64));
@@ -175,15 +184,17 @@ SamplingInterval sampling_interval(const PipelineConfig& config, const Component
   // nothing about the data at t = 0 (polynomial with n > 1) starts where it does.
   const Quantity predicted = c.parameterization->predicts();
   for (Quantity q : c.solver->quantities()) {
-    if (q == predicted) continue;
+    // The velocity's own conversion is the parameterization's safe_interval above (its gain is the
+    // path's speed, not a loss of information).
+    if (q == predicted || q == Quantity::velocity) continue;
     std::string why;
     const auto safe = conversion_interval(*c.path, predicted, q, why);
     if (!safe)
       throw ConfigError({fmt::format(
           "{}: solver '{}' needs the {} that a model predicting {} gives on path '{}' only with its errors "
           "multiplied by more than {} ({}); choose another solver, parameterization or path",
-          config.component("solver").where, config.component("solver").type, to_string(q), to_string(predicted),
-          config.component("path").type, kMaxConversionGain, why)});
+          config.component("solver").where, config.component("solver").type, to_string(q),
+          to_string(predicted), config.component("path").type, kMaxConversionGain, why)});
     safe_start = std::max(safe_start, safe->first);
     safe_end = std::min(safe_end, safe->second);
   }

@@ -170,7 +170,9 @@ std::vector<std::pair<std::string, torch::Tensor>> NamedState::with_prefix(const
   return out;
 }
 
-std::string NamedState::encode(const fs::path& file) const { return encode_safetensors(tensors, texts, file); }
+std::string NamedState::encode(const fs::path& file) const {
+  return encode_safetensors(tensors, texts, file);
+}
 
 NamedState NamedState::decode(const std::string& bytes, const fs::path& file) {
   NamedState state;

@@ -610,7 +610,8 @@ void Trainer::save_state(NamedState& state) const {
   for (std::size_t i = 0; i < ema_.size(); ++i) state.add("ema." + names[i], ema_[i]);
   state.add("generator.train", gen_.get_state());
   state.add("generator.global", at::detail::getDefaultCPUGenerator().get_state());
-  if (auto device_gen = device_generator(c_.context.device)) state.add("generator.device", device_gen->get_state());
+  if (auto device_gen = device_generator(c_.context.device))
+    state.add("generator.device", device_gen->get_state());
   for (const auto& [name, tensor] : c_.dataset->state()) state.add("dataset." + name, tensor);
   for (const auto& [name, tensor] : c_.source->state()) state.add("source." + name, tensor);
   if (!rank_states_.empty()) {
@@ -618,7 +619,8 @@ void Trainer::save_state(NamedState& state) const {
     const std::size_t world = rank_states_.begin()->second.size();
     state.add("world_size", torch::tensor(static_cast<std::int64_t>(world), torch::kInt64));
     for (const auto& [key, tensors] : rank_states_)
-      for (std::size_t r = 0; r < tensors.size(); ++r) state.add(fmt::format("rank{}.{}", r, key), tensors[r]);
+      for (std::size_t r = 0; r < tensors.size(); ++r)
+        state.add(fmt::format("rank{}.{}", r, key), tensors[r]);
   }
 }
 
@@ -835,14 +837,15 @@ std::string read_string(torch::serialize::InputArchive& archive, const std::stri
   return value.toStringRef();
 }
 
-void restore_loop(LoopState& loop, const std::string& csv, const torch::Tensor& losses, const torch::Tensor& logged,
-                  const torch::Tensor& window) {
+void restore_loop(LoopState& loop, const std::string& csv, const torch::Tensor& losses,
+                  const torch::Tensor& logged, const torch::Tensor& window) {
   loop.csv = csv;
   const torch::Tensor l = losses.to(torch::kFloat64).contiguous(), g = logged.to(torch::kInt64).contiguous();
   loop.losses.assign(l.data_ptr<double>(), l.data_ptr<double>() + l.numel());
   loop.logged.assign(g.data_ptr<std::int64_t>(), g.data_ptr<std::int64_t>() + g.numel());
   const torch::Tensor w = window.to(torch::kFloat64).contiguous();
-  if (w.numel() != 3) throw InputError("the checkpoint's loop.window holds " + std::to_string(w.numel()) + " values, not 3");
+  if (w.numel() != 3)
+    throw InputError("the checkpoint's loop.window holds " + std::to_string(w.numel()) + " values, not 3");
   loop.window_sum = w[0].item<double>();
   loop.window_n = static_cast<std::int64_t>(w[1].item<double>());
   loop.elapsed = w[2].item<double>();
@@ -871,7 +874,8 @@ void restore(const Checkpoint& checkpoint, Trainer& trainer, LoopState& loop) {
       restore_loop(loop, read_string(archive, "loop.csv"), losses, logged, window);
     } catch (const c10::Error& e) {
       std::string reason = e.what_without_backtrace();
-      throw InputError(file + ": checkpoint does not fit this pipeline: " + reason.substr(0, reason.find('\n')));
+      throw InputError(file +
+                       ": checkpoint does not fit this pipeline: " + reason.substr(0, reason.find('\n')));
     }
   }
   if (trainer.steps_done() != checkpoint.step)
@@ -996,8 +1000,8 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
     if (dp) trainer.gather_rank_states();  // collective: every rank, the same steps
     if (!saving) return;
     const std::int64_t done = trainer.steps_done();
-    last_checkpoint =
-        store.save(done, checkpoint_payload(trainer, loop, keys, store.folder() / CheckpointStore::file_name(done)));
+    last_checkpoint = store.save(
+        done, checkpoint_payload(trainer, loop, keys, store.folder() / CheckpointStore::file_name(done)));
   };
 
   SignalGuard signals(options.handle_signals);

@@ -149,8 +149,8 @@ using ErasedFactory = std::function<std::shared_ptr<void>(const Params&, const B
 // How a component presents itself: its name in `type = "..."`, a one-line doc, its parameters, and
 // the types it suggests for later slots that a pipeline leaves out (pipeline order: dataset, source,
 // path, coupling, time_sampler, parameterization, model, solver, time_grid). The variance-exploding
-// path suggests {{"solver", "heun"}}: the default euler misses its flow at 100 steps. A pipeline that
-// names the slot, or an earlier component's suggestion for it, wins.
+// path suggests {{"solver", "heun"}}, which follows its flow closer than the default euler. A
+// pipeline that names the slot, or an earlier component's suggestion for it, wins.
 struct ComponentDecl {
   std::string name;
   std::string doc;

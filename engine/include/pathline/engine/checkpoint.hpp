@@ -34,7 +34,9 @@ struct PATHLINE_API NamedState {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   std::map<std::string, std::string> texts;
 
-  void add(std::string name, torch::Tensor tensor) { tensors.emplace_back(std::move(name), std::move(tensor)); }
+  void add(std::string name, torch::Tensor tensor) {
+    tensors.emplace_back(std::move(name), std::move(tensor));
+  }
   // The tensor of that name, or nullptr.
   const torch::Tensor* find(const std::string& name) const;
   // The tensor of that name; InputError "<what> lacks '<name>'" without it.

@@ -52,8 +52,9 @@ inline constexpr double kMaxConversionGain = 50.0;
 // t = 0, where they say nothing about the data; data prediction stops short of t = 1), narrowed to
 // where each quantity the solver asks for (Solver::quantities) follows from the model's prediction
 // with a conversion gain of at most kMaxConversionGain; an explicit value is kept as written. A
-// solver whose quantities no interval can give is a ConfigError naming the [solver]. `denoise`: after the solver, one more evaluation jumps from x(t_end) to
-// the predicted data x1_hat (final_step = "denoise", or "auto" with t_end < 1).
+// solver whose quantities no interval can give is a ConfigError naming the [solver]. `denoise`: after the
+// solver, one more evaluation jumps from x(t_end) to the predicted data x1_hat (final_step = "denoise", or
+// "auto" with t_end < 1).
 struct SamplingInterval {
   double t_start = 0.0, t_end = 1.0;
   bool denoise = false;
@@ -71,14 +72,17 @@ PATHLINE_API std::vector<double> solver_times(const Components& components, doub
 // sigma_t = alpha_t); the result is the relative error of its noise scale there (the root mean square
 // over 20,000 fixed draws against sigma_t; 0 when the interval starts where the data dominates).
 // Errors made there shrink or grow every sample alike and carry through to the data: on the
-// variance-exploding path, whose noise scale spans three orders of magnitude, euler with 100 steps
-// is 9.9% off (energy distance about 0.17), midpoint with 50 steps 1.1%.
+// variance-exploding path, whose noise scale spans three orders of magnitude, euler is 9.9% off at
+// 100 steps, 19% at 50, 38% at 25, 70% at 12, and its samples of the checkerboard (a quickstart model
+// trained 1500 steps) score energy distances 0.019, 0.036, 0.11 and 0.58 against midpoint's 0.012 at
+// 20 steps; heun with 50 steps is 1.1% off and scores 0.012.
 PATHLINE_API double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start,
                                       double t_end);
-// The most a pipeline's solver may miss by at its default steps: 5%. Over it, building the pipeline
-// (validate, run, sample) refuses it when [solver] steps was left at its default, and notes it when
-// the user chose the steps (few-step sampling is a choice).
-inline constexpr double kMaxNoiseScaleError = 0.05;
+// The most a pipeline's solver may miss by at its default steps: 15%, where the measurements above put
+// the loss at about 0.02 of energy distance. Over it, building the pipeline (validate, run, sample)
+// refuses it when [solver] steps was left at its default, and notes it when the user chose the steps
+// (few-step sampling is a choice).
+inline constexpr double kMaxNoiseScaleError = 0.15;
 
 // The label each of n samples is asked for: [sample] labels in turn, or every class in turn when
 // that is empty; undefined for unlabelled data.

@@ -65,7 +65,8 @@ inline constexpr int kDistinctColours = 10;
 // One bar per label, the value written above it; with `errors` (empty, or one per bar) an error bar
 // of +- errors[i] on each.
 PATHLINE_PLOT_API std::string bar_chart(const std::filesystem::path& file, const Axes& axes,
-                                        const std::vector<std::string>& labels, const std::vector<double>& values,
+                                        const std::vector<std::string>& labels,
+                                        const std::vector<double>& values,
                                         const std::vector<double>& errors = {});
 
 // A sheet of small images drawn at a size a person looks at: `pixels` holds the tiles laid out as a
