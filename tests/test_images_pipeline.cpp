@@ -106,7 +106,9 @@ TEST(ImagesPipeline, UnetRunWritesImageOutputs) {
       << "samples.png does not hold the sample grid x" << scale;
   // Left of the grid, the ten class names: Fashion-MNIST's, in dark text on white (a build without
   // charts, PATHLINE_CHARTS=OFF, draws the grid alone).
-  if (plot::available()) EXPECT_GT(dark_pixels_left_of(written, written.width - expected.width * scale), 200);
+  if (plot::available()) {
+    EXPECT_GT(dark_pixels_left_of(written, written.width - expected.width * scale), 200);
+  }
 
   // trajectories.png: 3 samples (rows) at the 3 times of a 2-step grid (columns), drawn large too.
   Image frames = read_image(run / "trajectories.png", 1);

@@ -28,8 +28,9 @@ struct MetricResult {
   // Numbers worth reporting beside the value (a floor, a standard error), by name.
   std::map<std::string, double> details;
   // What the value is, where the metric's type does not say it (charts, tables, summary.json):
-  // "W2 squared" for a wasserstein with squared = true. Empty: the type says it.
-  std::string quantity;
+  // "W2 squared" for a wasserstein with squared = true. Empty: the type says it. (Its default
+  // initialiser keeps `return {value, {details}};` free of -Wmissing-field-initializers.)
+  std::string quantity = {};
 };
 
 class PATHLINE_API Metric {
