@@ -158,6 +158,16 @@ for f in config.toml summary.json metrics.csv model.safetensors samples.npy samp
   [[ -s $work/run/$f ]] || fail "run directory lacks $f"
 done
 expect_in "$work/run/config.toml" 'type = "example_power"'
+# The path that draws its own x_t trains and samples too; with a noise parameterization it is refused.
+"$pathline" run "$work/pipe.toml" --plugin-dir "$work/example" --run-dir "$work/bridge" \
+  --set path.type=example_bridge --set solver.type=midpoint >/dev/null 2>"$work/bridge.err" ||
+  { cat "$work/bridge.err"; fail "pathline run with example_bridge"; }
+[[ -s $work/bridge/samples.npy ]] || fail "the example_bridge run wrote no samples"
+if "$pathline" validate "$work/pipe.toml" --plugin-dir "$work/example" --set path.type=example_bridge \
+  --set parameterization.type=noise 2>"$work/bridge-noise.err"; then
+  fail "example_bridge with a noise parameterization was accepted"
+fi
+expect_in "$work/bridge-noise.err" "path 'example_bridge' is not affine"
 # A FixedStepSolver on the engine's grid: 8 steps of 2 evaluations.
 expect_json "$work/run/summary.json" \
   's["sampling"]["solver"] == "example_ralston" and s["sampling"]["time_grid"] == "uniform" and s["sampling"]["n"] == 512 and s["sampling"]["nfe"] == 16' \

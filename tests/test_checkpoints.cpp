@@ -125,6 +125,21 @@ struct Child {
   }
 };
 
+// Polls `done` every 2 ms for at most `limit`; false (and a test failure naming `what`) if it never
+// held, so a child that died early fails the test instead of hanging it.
+template <class Done>
+bool wait_until(Done done, const std::string& what, std::chrono::seconds limit = std::chrono::seconds(300)) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) {
+      ADD_FAILURE() << "gave up waiting for " << what << " after " << limit.count() << " s";
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 std::size_t checkpoint_count(const fs::path& run) {
   std::error_code ec;
   if (!fs::is_directory(run / "checkpoints", ec)) return 0;
@@ -334,10 +349,16 @@ TEST_F(Checkpoints, SigkillMidCheckpointWriteKeepsThePreviousOne) {
 TEST_F(Checkpoints, SigkillAtRandomMomentsThenResume) {
   fs::path ref = reference();
   fs::path dir = path("killed");
-  std::mt19937 random(std::random_device{}());
+  // Random moments, from a seed that is printed (and can be given back: PATHLINE_TEST_SEED=...).
+  unsigned seed = std::random_device{}();
+  if (const char* given = std::getenv("PATHLINE_TEST_SEED")) seed = static_cast<unsigned>(std::stoul(given));
+  std::printf("SigkillAtRandomMomentsThenResume: PATHLINE_TEST_SEED=%u\n", seed);
+  SCOPED_TRACE("PATHLINE_TEST_SEED=" + std::to_string(seed));
+  std::mt19937 random(seed);
   // Kill from outside at random moments, twice, resuming in between; then finish.
   Child first({"run", path("pipeline.toml").string(), "--run-dir", dir.string()}, path("err1"));
-  while (checkpoint_count(dir) < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  if (!wait_until([&] { return checkpoint_count(dir) >= 1; }, "the first checkpoint"))
+    ::kill(first.pid, SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(random() % 300));
   ::kill(first.pid, SIGKILL);
   first.wait();
@@ -362,7 +383,7 @@ TEST_F(Checkpoints, SigtermAndSigintCheckpointAndSayHowToResume) {
     std::vector<std::string> args = {"run", path("pipeline.toml").string(), "--run-dir", dir.string()};
     args.insert(args.end(), longer.begin(), longer.end());
     Child child(args, path("err"));
-    while (checkpoint_count(dir) < 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    wait_until([&] { return checkpoint_count(dir) >= 1; }, "the first checkpoint");
     ::kill(child.pid, signal);
     const int code = child.wait();
     const std::string err = read_text(path("err"));
@@ -380,17 +401,28 @@ TEST_F(Checkpoints, SigtermAndSigintCheckpointAndSayHowToResume) {
 }
 
 TEST_F(Checkpoints, ASecondSignalExitsAtOnceAndLeavesTheLastCheckpointWhole) {
+  // Steps of a million points (about a second each), so the second signal lands inside the step the
+  // first one asked to be the last: only the immediate exit can end the run before it completes.
   fs::path dir = path("twice");
-  Child child({"run", path("pipeline.toml").string(), "--run-dir", dir.string(), "--set",
-               "train.steps=100000", "--set", "train.checkpoint_every=50"},
-              path("err"));
-  while (checkpoint_count(dir) < 2) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  Child child(
+      {"run", path("pipeline.toml").string(), "--run-dir", dir.string(), "--set", "train.steps=100000",
+       "--set", "train.checkpoint_every=2", "--set", "train.batch_size=1000000"},
+      path("err"));
+  if (!wait_until([&] { return checkpoint_count(dir) >= 2; }, "two checkpoints")) ::kill(child.pid, SIGKILL);
   ::kill(child.pid, SIGINT);
+  // The second signal only after the first was acknowledged: two at once could coalesce into one.
+  wait_until(
+      [&] { return read_text(path("err")).find("pathline: stopping after this step") != std::string::npos; },
+      "the first signal's acknowledgement");
   ::kill(child.pid, SIGINT);
   EXPECT_EQ(child.wait(), 130) << read_text(path("err"));
+  const std::string err = read_text(path("err"));
+  EXPECT_NE(err.find("pathline: a second signal: exiting at once"), std::string::npos) << err;
+  // The orderly stop would have said how to resume; the immediate exit says nothing more.
+  EXPECT_EQ(err.find("continue with: pathline resume"), std::string::npos) << err;
   auto good = CheckpointStore(dir, 2).latest_good(nullptr);
   ASSERT_TRUE(good.has_value());
-  EXPECT_GE(good->step, 50);
+  EXPECT_GE(good->step, 4);
   EXPECT_EQ(checkpoint_count(dir), 2u);
 }
 

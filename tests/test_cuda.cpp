@@ -356,11 +356,11 @@ TEST(Cuda, TwoNcclRanksWithHalfTheBatchMatchOneProcessWithTheWholeBatch) {
   TempDir dir;
   const std::string text = with_run(k2d, "device = \"cuda\"\ntimeout = 60\n");
   write_text(dir / "p.toml", text);
-  const int port = testing::free_port();
   const std::string args = "train '" + (dir / "p.toml").string() + "' --run-dir '" + (dir / "run").string() +
                            "' --set train.steps=12 --set train.batch_size=64 --set train.lr=5e-3";
+  pid_t zero = -1;
+  const int port = testing::start_rank_zero(2, args, dir / "rank0.log", zero);
   const pid_t one = testing::start_cli(testing::rank_env(1, 2, port), args, dir / "rank1.log");
-  const pid_t zero = testing::start_cli(testing::rank_env(0, 2, port), args, dir / "rank0.log");
   ASSERT_EQ(testing::wait_exit(zero), 0) << read_text(dir / "rank0.log");
   ASSERT_EQ(testing::wait_exit(one), 0) << read_text(dir / "rank1.log");
   EXPECT_CONTAINS(read_text(dir / "rank0.log"), "data parallel: 2 ranks");

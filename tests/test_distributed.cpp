@@ -19,11 +19,11 @@ namespace pathline {
 namespace {
 
 namespace fs = std::filesystem;
-using testing::free_port;
 using testing::rank_env;
 using testing::read_text;
 using testing::run_cli;
 using testing::start_cli;
+using testing::start_rank_zero;
 using testing::TempDir;
 using testing::wait_exit;
 using testing::write_text;
@@ -127,11 +127,11 @@ TEST(Distributed, TwoRanksWithHalfTheBatchMatchOneProcessWithTheWholeBatch) {
     const std::string lr = width > 100 ? "1e-3" : "5e-3", depth = width > 100 ? "3" : "2";
     const std::string set = " --set model.width=" + std::to_string(width) + " --set model.depth=" + depth +
                             " --set train.accumulate=" + std::to_string(accumulate) + " --set train.lr=" + lr;
-    const int port = free_port();
     const std::string args =
         "train '" + (dir / "p.toml").string() + "' --run-dir '" + (dir / "run").string() + "'" + set;
+    pid_t zero = -1;
+    const int port = start_rank_zero(2, args, dir / "rank0.log", zero);
     pid_t one = start_cli(rank_env(1, 2, port), args, dir / "rank1.log");
-    pid_t zero = start_cli(rank_env(0, 2, port), args, dir / "rank0.log");
     ASSERT_EQ(wait_exit(zero), 0) << read_text(dir / "rank0.log");
     ASSERT_EQ(wait_exit(one), 0) << read_text(dir / "rank1.log");
     EXPECT_EQ(read_text(dir / "rank1.log"), "");  // rank 1 says nothing and writes nothing
@@ -168,11 +168,11 @@ TEST(Distributed, TwoRanksWithHalfTheBatchMatchOneProcessWithTheWholeBatch) {
 TEST(Distributed, AKilledRankStopsTheOthersWithinTheTimeout) {
   TempDir dir;
   write_text(dir / "p.toml", kPipeline);
-  const int port = free_port();
   const std::string args = "train '" + (dir / "p.toml").string() + "' --run-dir '" + (dir / "run").string() +
                            "' --set train.steps=1000000 --set train.checkpoint_every=20 --set run.timeout=5";
+  pid_t zero = -1;
+  const int port = start_rank_zero(2, args, dir / "rank0.log", zero);
   pid_t one = start_cli(rank_env(1, 2, port), args, dir / "rank1.log");
-  pid_t zero = start_cli(rank_env(0, 2, port), args, dir / "rank0.log");
   // Training is under way once rank 0 has written a checkpoint.
   const auto start = std::chrono::steady_clock::now();
   while (!fs::exists(dir / "run/checkpoints") || fs::is_empty(dir / "run/checkpoints")) {
@@ -186,7 +186,9 @@ TEST(Distributed, AKilledRankStopsTheOthersWithinTheTimeout) {
   const int code = wait_exit(zero);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   EXPECT_EQ(code, 1);
-  EXPECT_LT(seconds, 5.0 + 10.0);
+  // That the timeout is what stopped rank 0 is in its message (below); the bound only tells a hang
+  // from a stop, with room for a machine busy with other tests.
+  EXPECT_LT(seconds, 120.0);
   const std::string log = read_text(dir / "rank0.log");
   EXPECT_CONTAINS(log, "rank 0: data-parallel");
   EXPECT_CONTAINS(log, "; rank 1 stopped, hangs or cannot be reached ([run] timeout = 5 s)");

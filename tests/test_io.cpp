@@ -654,7 +654,9 @@ TEST_F(IoTest, DamagedPicturesNeverCrash) {
       ASSERT_EQ(std::string(e.what()).find(path("damaged").string() + ": "), 0u) << e.what();
     }
   }
-  EXPECT_EQ(decoded + rejected, 300);
+  // Both outcomes occur: flips in pixel data decode, flips in headers and lengths are refused.
+  EXPECT_GT(decoded, 0);
+  EXPECT_GT(rejected, 0);
 }
 
 TEST_F(IoTest, WritePngRejectsInconsistentImagesAndWritesNothing) {

@@ -1,5 +1,5 @@
-// Tests of tools/plot: every chart writes a PNG that reads back (through the engine's stb reader)
-// with what it should show, and an SVG with real text; bad names and bad numbers never crash.
+// Tests of engine/plot (the chart library): every chart writes a PNG that reads back (through the engine's
+// stb reader) with what it should show, and an SVG with real text; bad names and bad numbers never crash.
 #include <gtest/gtest.h>
 
 #include <algorithm>

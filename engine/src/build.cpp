@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <mutex>
 #include <thread>
 
 #include "pathline/engine/random.hpp"
@@ -119,20 +120,32 @@ void keep_freed_memory() {
 
 namespace {
 
-// Builds one slot, naming the slot and the type in any error the component throws.
+// Builds one slot: an InputError from the factory is a config problem, reported where the component
+// is named; anything else it throws names the slot, the component and its plugin file.
 template <class Interface>
-std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry& registry,
-                                      BuildContext& ctx) {
+std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry& registry, BuildContext& ctx,
+                                      ComponentOrigin& origin) {
   ctx.slot = cc.slot;
+  origin.slot = cc.name.empty() ? cc.slot : cc.slot + "." + cc.name;
+  origin.type = cc.type;
+  origin.where = cc.where;
+  if (const ComponentEntry* entry = registry.find(KindOf<Interface>::value, cc.type))
+    origin.plugin = entry->plugin;
   try {
     return registry.create<Interface>(cc.type, cc.params, ctx);
   } catch (const ConfigError&) {
     throw;
   } catch (const InputError& e) {
-    // The component refused its parameters (a check across keys, or against the data): a config
-    // problem, reported where the component is named.
+    // The component refused its parameters (a check across keys, or against the data).
     throw ConfigError({fmt::format("{}: [{}] (type '{}'): {}", cc.where, cc.slot, cc.type, e.what())});
+  } catch (...) {
+    rethrow_from_plugin(origin, "building it");
   }
+}
+
+template <class Interface>
+std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry& registry, Components& c) {
+  return build_slot<Interface>(cc, registry, c.context, c.origins[cc.slot]);
 }
 
 void check_labels(const PipelineConfig& config, const DataInfo& data, const std::string& dataset_type) {
@@ -180,7 +193,11 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
     throw ConfigError({fmt::format("{}: {}", solver.where, e.what())});
   }
   if (!(interval.t_start < interval.t_end)) return;  // sample() says why
-  const double error = noise_scale_error(*c.solver, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+  // The point mass's exact flow is that of the affine path's coefficients; another path has its own.
+  if (!c.path->affine()) return;
+  const double error = plugin_call(c.origin("solver"), "solving the point-mass check", [&] {
+    return noise_scale_error(*c.solver, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+  });
   if (error <= kMaxNoiseScaleError) return;
   const std::int64_t steps = c.solver->grid_steps();
   std::string advice;
@@ -188,8 +205,11 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
     for (std::int64_t more = 2 * steps; more <= 64 * steps; more *= 2) {
       Params params = solver.params;
       params.set("steps", more);
-      auto candidate = registry.create<Solver>(solver.type, params, c.context);
-      const double e = noise_scale_error(*candidate, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+      auto candidate = plugin_call(c.origin("solver"), "building it",
+                                   [&] { return registry.create<Solver>(solver.type, params, c.context); });
+      const double e = plugin_call(c.origin("solver"), "solving the point-mass check", [&] {
+        return noise_scale_error(*candidate, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+      });
       if (e <= kMaxNoiseScaleError) {
         advice = fmt::format("solver.steps = {} ({:.1f}%), ", more, 100 * e);
         break;
@@ -208,6 +228,59 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
     return;
   }
   throw ConfigError({fmt::format("{}: {}", solver.where, what)});
+}
+
+// A path that is not affine (its own Path::sample) gives velocity targets only, and the conversions
+// a solver might ask for (noise, data, score from the velocity) assume the affine form.
+void check_non_affine(const PipelineConfig& config, const Components& c) {
+  if (c.path->affine()) return;
+  const ComponentConfig& path = config.component("path");
+  if (c.parameterization->predicts() != Quantity::velocity) {
+    const ComponentConfig& p = config.component("parameterization");
+    throw ConfigError({fmt::format(
+        "{}: [parameterization] (type '{}') predicts the {}, but path '{}' is not affine (x_t is not "
+        "alpha_t x1 + sigma_t x0): it trains velocity predictions only; use type = \"velocity\"",
+        p.where, p.type, to_string(c.parameterization->predicts()), path.type)});
+  }
+  for (Quantity q : c.solver->quantities())
+    if (q != Quantity::velocity) {
+      const ComponentConfig& solver = config.component("solver");
+      throw ConfigError({fmt::format(
+          "{}: [solver] (type '{}') asks for the {}, which follows from the velocity only on an affine "
+          "path, and path '{}' is not one; use a velocity solver (euler, midpoint, heun, rk4, dopri5, ...)",
+          solver.where, solver.type, to_string(q), path.type)});
+    }
+}
+
+// What the engine does with a slot's component as soon as it is built: later slots see it in their
+// BuildContext, and what only the built component can tell is checked before going on.
+void after_building(const std::string& slot, const PipelineConfig& config, Components& c) {
+  BuildContext& ctx = c.context;
+  if (slot == "dataset") {
+    const ComponentConfig& dataset = config.component("dataset");
+    ctx.data = c.dataset->info();
+    ctx.flow = ctx.data;  // no component maps the data to another space (yet)
+    ctx.dataset = c.dataset;
+    if (ctx.data.shape.empty())
+      throw ConfigError({fmt::format("{}: [dataset] (type '{}'): it reports an empty sample shape",
+                                     dataset.where, dataset.type)});
+    check_labels(config, ctx.data, dataset.type);
+  } else if (slot == "source") {
+    ctx.source = c.source;
+    const ComponentConfig& source = config.component("source");
+    if (auto shape = c.source->info().shape; shape != ctx.flow.shape)
+      throw ConfigError({fmt::format(
+          "{}: [source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
+          "a flow maps between spaces of the same shape",
+          source.where, source.type, shape_text(shape), config.component("dataset").type,
+          shape_text(ctx.flow.shape))});
+  } else if (slot == "path") {
+    ctx.path = c.path;
+  } else if (slot == "parameterization") {
+    ctx.parameterization = c.parameterization;
+  } else if (slot == "model") {
+    plugin_call(c.origin("model"), "moving it to the device", [&] { c.model->to(ctx.device); });
+  }
 }
 
 // Turns LibTorch's deterministic kernels on or off as [run] deterministic says (process-wide).
@@ -237,38 +310,32 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   // Parameter initialisation draws from LibTorch's global generator.
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));
 
-  const ComponentConfig& dataset = config.component("dataset");
-  c.dataset = build_slot<Dataset>(dataset, registry, ctx);
-  ctx.data = c.dataset->info();
-  ctx.dataset = c.dataset;
-  if (ctx.data.shape.empty())
-    throw ConfigError({fmt::format("{}: [dataset] (type '{}'): it reports an empty sample shape",
-                                   dataset.where, dataset.type)});
-  check_labels(config, ctx.data, dataset.type);
-
-  const ComponentConfig& source = config.component("source");
-  c.source = build_slot<Dataset>(source, registry, ctx);
-  if (auto shape = c.source->info().shape; shape != ctx.data.shape)
-    throw ConfigError({fmt::format(
-        "{}: [source] (type '{}') draws samples of shape {}, but [dataset] (type '{}') draws {}; "
-        "a flow maps between spaces of the same shape",
-        source.where, source.type, shape_text(shape), dataset.type, shape_text(ctx.data.shape))});
-
-  c.path = build_slot<Path>(config.component("path"), registry, ctx);
-  ctx.path = c.path;
-  c.coupling = build_slot<Coupling>(config.component("coupling"), registry, ctx);
-  c.time_sampler = build_slot<TimeSampler>(config.component("time_sampler"), registry, ctx);
-  c.parameterization = build_slot<Parameterization>(config.component("parameterization"), registry, ctx);
-  ctx.parameterization = c.parameterization;
-  c.model = build_slot<Model>(config.component("model"), registry, ctx);
-  c.model->to(ctx.device);
-  c.solver = build_slot<Solver>(config.component("solver"), registry, ctx);
-  c.time_grid = build_slot<TimeGrid>(config.component("time_grid"), registry, ctx);
-  for (const auto& m : config.metrics())
-    c.metrics.push_back({m.name, m.type, m.entry.integer("samples"), build_slot<Metric>(m, registry, ctx)});
+  // Each slot in pipeline order (slots.hpp), then what the engine does with what it just built.
+#define PATHLINE_BUILD_SLOT(table, Interface, ...)                        \
+  c.table = build_slot<Interface>(config.component(#table), registry, c); \
+  after_building(#table, config, c);
+  PATHLINE_SLOTS(PATHLINE_BUILD_SLOT)
+#undef PATHLINE_BUILD_SLOT
+  for (const auto& m : config.metrics()) {
+    BuiltMetric built{m.name, m.type, m.entry.integer("samples"), nullptr, {}};
+    built.metric = build_slot<Metric>(m, registry, ctx, built.origin);
+    c.metrics.push_back(std::move(built));
+  }
   ctx.slot.clear();
+  check_non_affine(config, c);
   check_sampling(config, registry, c);
   return c;
+}
+
+const ComponentOrigin& Components::origin(const std::string& slot) const {
+  if (auto found = origins.find(slot); found != origins.end()) return found->second;
+  static std::map<std::string, ComponentOrigin> unnamed;  // slots of hand-assembled components
+  static std::mutex lock;
+  std::lock_guard<std::mutex> guard(lock);
+  ComponentOrigin& o = unnamed[slot];
+  o.slot = slot;
+  o.type = "?";
+  return o;
 }
 
 std::vector<std::string> check_pipeline(const PipelineConfig& config, const Registry& registry) {

@@ -179,7 +179,8 @@ class Toy2d : public pathline::Dataset {
 class StandardGaussian : public pathline::Dataset {
  public:
   StandardGaussian(const Params& p, const BuildContext& ctx) : shape_(p.int_list("shape")) {
-    if (shape_.empty()) shape_ = ctx.data.shape;
+    // As the source, it draws in the flow's space (the data's, or an autoencoder's latents).
+    if (shape_.empty()) shape_ = ctx.slot == "source" ? ctx.flow.shape : ctx.data.shape;
     if (shape_.empty())
       throw pathline::InputError(
           "gaussian: the sample shape is unknown: set `shape` (e.g. shape = [2]) in the [" +
@@ -199,6 +200,13 @@ class StandardGaussian : public pathline::Dataset {
     std::vector<std::int64_t> sizes = {n};
     sizes.insert(sizes.end(), shape_.begin(), shape_.end());
     return {at::randn(sizes, gen, torch::TensorOptions().dtype(torch::kFloat32)), torch::Tensor()};
+  }
+
+  // log N(x; 0, I) = -|x|^2 / 2 - D/2 log(2 pi), per sample.
+  torch::Tensor log_prob(const torch::Tensor& x) const override {
+    const torch::Tensor flat = x.to(torch::kFloat64).reshape({x.size(0), -1});
+    const double dims = static_cast<double>(flat.size(1));
+    return -0.5 * flat.square().sum(1) - 0.5 * dims * std::log(2.0 * 3.14159265358979323846);
   }
 
  private:

@@ -6,9 +6,10 @@
 // So from a data point x at t_end, integrating the ODE backwards to t_start gives the source point
 // x_start and
 //   log p_{t_end}(x) = log p_{t_start}(x_start) - int_{t_start}^{t_end} div v(x_t, t) dt.
-// The engine starts sampling from sigma_{t_start} x0 with x0 ~ N(0, I) (the default gaussian
-// source), so p_{t_start} = N(0, sigma_{t_start}^2 I) here; another [source] is not seen by a metric
-// and would make the number wrong (docs/likelihood.md).
+// The engine starts sampling from sigma_{t_start} x0 with x0 drawn from the [source], so
+// log p_{t_start}(x) = log p0(x / sigma) - D log sigma, with log p0 the source's own density
+// (Dataset::log_prob; the default gaussian source has one). A source without a density cannot be
+// scored. Called directly, without a source, the metric assumes N(0, I) (docs/likelihood.md).
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
@@ -80,11 +81,25 @@ class NegativeLogLikelihood : public pathline::Metric {
                                  " is " + std::to_string(sigma) +
                                  "; the source density N(0, sigma^2 I) needs sigma > 0");
 
+    // The source's density, checked once on a few points before the long integration.
+    if (input.source) {
+      const torch::Tensor probe =
+          input.source->log_prob(points.narrow(0, 0, std::min<std::int64_t>(n, 2)).detach());
+      if (!probe.defined())
+        throw pathline::InputError(
+            "nll: the [source] has no density (its Dataset::log_prob gives none); the likelihood needs "
+            "log p0 of the source, as the default gaussian source has");
+      if (probe.dim() != 1 || probe.size(0) != std::min<std::int64_t>(n, 2))
+        throw pathline::InputError("nll: the [source]'s log_prob returned shape " + c10::str(probe.sizes()) +
+                                   " for " + std::to_string(std::min<std::int64_t>(n, 2)) +
+                                   " samples; it must be one number per sample");
+    }
+
     std::vector<torch::Tensor> per_sample;
     for (std::int64_t done = 0; done < n; done += batch_size_) {
       const std::int64_t rows = std::min(batch_size_, n - done);
       per_sample.push_back(chunk_nll(*input.field, points.narrow(0, done, rows), input.t_start, input.t_end,
-                                     sigma, estimator, gen));
+                                     sigma, estimator, gen, input.source));
     }
     const torch::Tensor nll = torch::cat(per_sample);  // [n] float64
 
@@ -108,7 +123,8 @@ class NegativeLogLikelihood : public pathline::Metric {
 
   // Per-sample NLL of a chunk x (at t_end), [rows] float64.
   torch::Tensor chunk_nll(pathline::VectorField& field, const torch::Tensor& x_cpu, double t_start,
-                          double t_end, double sigma, Estimator estimator, at::Generator* gen) const {
+                          double t_end, double sigma, Estimator estimator, at::Generator* gen,
+                          const pathline::Dataset* source) const {
     const std::int64_t rows = x_cpu.size(0);
     torch::Tensor x = x_cpu.to(device_);
     const std::int64_t dims = x.numel() / rows;
@@ -145,10 +161,18 @@ class NegativeLogLikelihood : public pathline::Metric {
       accumulated += (step / 6.0) * (d1 + 2.0 * d2 + 2.0 * d3 + d4);
     }
 
-    // log N(x; 0, sigma^2 I) = -|x|^2 / (2 sigma^2) - D/2 log(2 pi sigma^2).
-    const torch::Tensor squared = x.to(torch::kFloat64).reshape({rows, -1}).pow(2).sum(1);
-    const torch::Tensor log_source = -squared / (2.0 * sigma * sigma) -
-                                     0.5 * static_cast<double>(dims) * std::log(2.0 * kPi * sigma * sigma);
+    torch::Tensor log_source;
+    if (source) {
+      // x_start = sigma x0: log p(x_start) = log p0(x_start / sigma) - D log sigma.
+      const torch::Tensor scaled = (x.detach().to(torch::kCPU, torch::kFloat64) / sigma).contiguous();
+      log_source = source->log_prob(scaled).to(torch::kFloat64).to(x.device()) -
+                   static_cast<double>(dims) * std::log(sigma);
+    } else {
+      // log N(x; 0, sigma^2 I) = -|x|^2 / (2 sigma^2) - D/2 log(2 pi sigma^2).
+      const torch::Tensor squared = x.to(torch::kFloat64).reshape({rows, -1}).pow(2).sum(1);
+      log_source = -squared / (2.0 * sigma * sigma) -
+                   0.5 * static_cast<double>(dims) * std::log(2.0 * kPi * sigma * sigma);
+    }
     // log p_{t_end}(x) = log p_{t_start}(x_start) + L(t_start).
     return (-(log_source + accumulated)).to(torch::kCPU);
   }

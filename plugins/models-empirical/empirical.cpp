@@ -52,6 +52,10 @@ class EmpiricalModel : public pathline::Model {
         min_sigma_(p.real("min_sigma")) {
     if (!ctx.dataset) throw pathline::InputError("empirical: needs the pipeline's data set, none was built");
     if (!path_) throw pathline::InputError("empirical: needs the pipeline's path, none was built");
+    if (!path_->affine())
+      throw pathline::InputError(
+          "empirical: its closed-form field holds for affine paths (x_t = alpha_t x1 + sigma_t x0) only, "
+          "and the pipeline's path is not affine");
     // The points are drawn once, from a generator of their own seeded from [run] seed, so that the
     // same config always gives the same field.
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(ctx.seed ^ 0x5eed5eed5eed5eedULL);

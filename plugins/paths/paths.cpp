@@ -1,4 +1,5 @@
-// Plugin "paths": affine probability paths x_t = alpha_t x1 + sigma_t x0 (docs/concepts.md, "Paths").
+// Plugin "paths": affine probability paths x_t = alpha_t x1 + sigma_t x0 (docs/concepts.md, "Paths"),
+// and a stochastic interpolant, which adds gamma_t z and draws its own x_t (Path::sample).
 // Every path returns alpha_t, sigma_t and their exact time derivatives, shaped like t and computed
 // in t's dtype. Time runs from noise (t = 0) to data (t = 1); the diffusion literature (Song et al.
 // 2021) runs its time s the other way, so the diffusion paths below use s = 1 - t, ds/dt = -1.
@@ -155,6 +156,57 @@ class PolynomialPath : public pathline::Path {
   double n_;
 };
 
+// A stochastic interpolant (Albergo & Vanden-Eijnden 2023, "Building normalizing flows with
+// stochastic interpolants"; Albergo, Boffi & Vanden-Eijnden 2023, "Stochastic interpolants: a
+// unifying framework"): x_t = alpha_t x1 + sigma_t x0 + gamma_t z with z ~ N(0, I) drawn afresh for
+// every point, gamma_0 = gamma_1 = 0. The velocity target of a draw is its time derivative
+// alpha'_t x1 + sigma'_t x0 + gamma'_t z, whose conditional mean given x_t is the velocity b(t, x)
+// whose ODE carries the source to the data (the papers' probability flow): the engine trains and
+// samples it like any velocity. Not affine: it trains velocity predictions only.
+class StochasticInterpolant : public pathline::Path {
+ public:
+  StochasticInterpolant(const Params& p, const BuildContext&)
+      : trig_(p.string("interpolant") == "trig"),
+        sqrt_(p.string("gamma") == "sqrt"),
+        a_(p.real("gamma_scale")) {}
+
+  // alpha_t and sigma_t of the affine part: t and 1 - t, or sin(pi t / 2) and cos(pi t / 2).
+  PathCoefficients coefficients(const torch::Tensor& t) const override {
+    if (!trig_) return {t.clone(), 1.0 - t, torch::ones_like(t), -torch::ones_like(t)};
+    const torch::Tensor angle = (kPi / 2) * t;
+    return {torch::sin(angle), torch::cos(angle), (kPi / 2) * torch::cos(angle),
+            -(kPi / 2) * torch::sin(angle)};
+  }
+
+  // gamma_t and gamma'_t. "quadratic": a t (1 - t), smooth at both ends. "sqrt": sqrt(a t (1 - t))
+  // (the papers' Brownian-bridge choice), whose derivative diverges at t = 0 and 1: it is taken at t
+  // kept kEnd away from them.
+  std::pair<torch::Tensor, torch::Tensor> gamma(const torch::Tensor& t) const {
+    if (!sqrt_) return {a_ * t * (1.0 - t), a_ * (1.0 - 2.0 * t)};
+    const torch::Tensor inside = t.clamp(kEnd, 1.0 - kEnd);
+    const torch::Tensor g = torch::sqrt(a_ * t * (1.0 - t));
+    return {g, a_ * (1.0 - 2.0 * inside) / (2.0 * torch::sqrt(a_ * inside * (1.0 - inside)))};
+  }
+
+  pathline::PathSample sample(const torch::Tensor& x0, const torch::Tensor& x1, const torch::Tensor& t,
+                              at::Generator& gen) const override {
+    const PathCoefficients c = coefficients(t).broadcast_to_rank(x0.dim());
+    std::vector<std::int64_t> shape(static_cast<std::size_t>(x0.dim()), 1);
+    shape[0] = -1;
+    auto [g, dg] = gamma(t);
+    g = g.view(shape), dg = dg.view(shape);
+    // z on the CPU from the engine's generator (a CUDA batch gets the same numbers as a CPU one).
+    const torch::Tensor z = at::randn(x0.sizes(), gen, x0.options().device(torch::kCPU)).to(x0.device());
+    return {interpolate(c, x0, x1) + g * z, conditional_velocity(c, x0, x1) + dg * z};
+  }
+  bool affine() const override { return false; }
+
+ private:
+  static constexpr double kEnd = 1e-3;
+  bool trig_, sqrt_;
+  double a_;
+};
+
 void register_paths(pathline::Registrar& registrar) {
   using pathline::ComponentDecl;
   using pathline::Path;
@@ -199,6 +251,18 @@ void register_paths(pathline::Registrar& registrar) {
       {ParamSpec::real("exponent", 2.0, "the exponent of alpha_t = t^exponent")
            .greater_than(0.0)
            .at_most(16.0)}});
+  registrar.add_type<Path, StochasticInterpolant>(ComponentDecl{
+      "stochastic_interpolant",
+      "x_t = alpha_t x1 + sigma_t x0 + gamma_t z, z ~ N(0, I) (Albergo & Vanden-Eijnden 2023); not affine: "
+      "velocity predictions and velocity solvers only",
+      {ParamSpec::choice("interpolant", {"linear", "trig"}, "linear",
+                         "alpha_t, sigma_t: t and 1 - t, or sin(pi t / 2) and cos(pi t / 2)"),
+       ParamSpec::choice(
+           "gamma", {"quadratic", "sqrt"}, "quadratic",
+           "gamma_t = a t (1 - t), or sqrt(a t (1 - t)) (its derivative taken at t in [0.001, 0.999])"),
+       ParamSpec::real("gamma_scale", 1.0, "a: the size of the latent noise gamma_t z (0: the affine path)")
+           .at_least(0.0)
+           .at_most(100.0)}});
 }
 
 }  // namespace

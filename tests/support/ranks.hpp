@@ -1,31 +1,22 @@
 // Data-parallel ranks as child processes, for the suites that start them (distributed, cuda): a
-// free loopback port for the rendezvous, torchrun's variables, a background `pathline` and its exit.
+// rendezvous port that rank 0's system picks, torchrun's variables, a background `pathline` and its exit.
 #pragma once
 
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <thread>
 
 namespace pathline::testing {
-
-// A TCP port on 127.0.0.1 that nothing listens on right now.
-inline int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t size = sizeof(address);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size);
-  const int port = ntohs(address.sin_port);
-  ::close(fd);
-  return port;
-}
 
 // torchrun's variables for rank `rank` of `world` on this one machine (LOCAL_RANK = RANK).
 inline std::string rank_env(int rank, int world, int port) {
@@ -44,6 +35,26 @@ inline pid_t start_cli(const std::string& env, const std::string& args, const st
     ::_exit(127);
   }
   return pid;
+}
+
+// Starts rank 0 of `world` with MASTER_PORT=0, so that its system picks a free port for the
+// rendezvous store (nothing can take it between choosing and listening), and returns that port as
+// rank 0 reports it in `log` (-1 and a test failure if it does not within a minute). `pid`: rank 0's.
+inline int start_rank_zero(int world, const std::string& args, const std::filesystem::path& log, pid_t& pid) {
+  pid = start_cli(rank_env(0, world, 0), args, log);
+  const std::string marker = "rendezvous store listening on 127.0.0.1:";
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < end) {
+    std::ifstream in(log);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string said = text.str();
+    if (auto at = said.find(marker); at != std::string::npos && said.find('\n', at) != std::string::npos)
+      return std::stoi(said.substr(at + marker.size()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ADD_FAILURE() << "rank 0 did not report its rendezvous port: " << log;
+  return -1;
 }
 
 // Waits for `pid`; its exit status, or 128 + the signal that ended it.

@@ -1,171 +1,36 @@
-// The `pathline` command line: plugins, inspect, validate, run, train, resume, sample, eval.
+// The `pathline` command line: the table of commands (command_table) and the commands other than
+// `launch` (launch.cpp). Shared parts (options, the plugin session, the console) are in cli.cpp and
+// console.cpp.
 // Exit codes: 0 success, 2 bad usage or invalid config, 1 failure while running, 130 / 143 training
 // stopped by SIGINT / SIGTERM (after a checkpoint).
 // Results go to stdout; messages, progress and errors go to stderr.
-#include <arpa/inet.h>
 #include <fmt/format.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <boost/program_options.hpp>
-#include <chrono>
-#include <csignal>
 #include <cstdlib>
-#include <cstring>
 #include <iostream>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "cli.hpp"
 #include "pathline/engine/bench.hpp"
 #include "pathline/engine/build.hpp"
-#include "pathline/engine/config.hpp"
-#include "pathline/engine/distributed.hpp"
-#include "pathline/engine/host.hpp"
 #include "pathline/engine/io.hpp"
-#include "pathline/engine/pipeline.hpp"
 
-namespace po = boost::program_options;
 using namespace pathline;
+using namespace pathline::cli;
 
 namespace {
 
-constexpr int kOk = 0, kFailure = 1, kUsage = 2;
-
-// A usage problem: printed as "pathline <cmd>: message" with a hint, exit 2.
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-const char* kCommands =
-    "Commands:\n"
-    "  plugins              list loaded plugins and their components\n"
-    "  inspect KIND NAME    show a component's parameters (also KIND.NAME, or an engine table: run, train, "
-    "sample, eval)\n"
-    "  validate CONFIG      check a pipeline config and report every problem\n"
-    "  run CONFIG           train, sample and evaluate; writes a run directory\n"
-    "  train CONFIG         train only; writes a run directory with the weights\n"
-    "  resume RUN_DIR       continue a stopped or killed run from its latest good checkpoint\n"
-    "  sample RUN_DIR       sample and evaluate a trained run, optionally with another solver\n"
-    "  ablate CONFIG        run every variant of the config's [ablation] sweep; results.csv, .md and charts\n"
-    "  eval RUN_DIR         compute a run's metrics (and nll) on its samples or fresh ones into eval.json\n"
-    "  launch -- COMMAND    start the ranks of a data-parallel run (as torchrun does) and watch them\n"
-    "  bench JOB [CONFIG]   time the engine's training step, sampling or matrix products (JSON); the full\n"
-    "                       comparison with PyTorch is tools/bench/run.sh\n"
-    "\nRun 'pathline COMMAND --help' for a command's options.\n";
-
-po::options_description common_options() {
-  po::options_description common("Common options");
-  common.add_options()("plugin-dir", po::value<std::vector<std::string>>()->composing(),
-                       "also load plugins from this directory (repeatable; after the built-in folder and "
-                       "PATHLINE_PLUGIN_PATH)")("help,h", "show this help");
-  return common;
-}
-
-struct Session {
-  Registry registry;
-  PluginHost host{registry};
-  void load(const po::variables_map& vm, bool quiet_failures = false) {
-    std::vector<std::filesystem::path> dirs;
-    if (vm.count("plugin-dir"))
-      for (const auto& d : vm["plugin-dir"].as<std::vector<std::string>>()) dirs.emplace_back(d);
-    host.load_search_path(dirs);
-    if (!quiet_failures)
-      for (const auto& f : host.failures()) std::cerr << "pathline: warning: " << f.line() << "\n";
-  }
-  // Loads the plugins, then the pipeline file with the command's --set overrides, validated.
-  PipelineConfig load_pipeline(const po::variables_map& vm, const std::string& file);
-};
-
-// Parses a subcommand's options; returns nullopt when --help was printed.
-std::optional<po::variables_map> parse(const std::string& command, const std::vector<std::string>& args,
-                                       po::options_description options,
-                                       const po::positional_options_description& positional,
-                                       const std::string& usage) {
-  options.add(common_options());
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(args).options(options).positional(positional).run(), vm);
-    if (vm.count("help")) {
-      std::cout << "Usage: pathline " << command << " " << usage << "\n\n" << options << "\n";
-      return std::nullopt;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    throw UsageError(e.what());
-  }
-  return vm;
-}
-
-std::vector<std::string> overrides_of(const po::variables_map& vm) {
-  return vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
-}
-
-PipelineConfig Session::load_pipeline(const po::variables_map& vm, const std::string& file) {
-  load(vm);
-  ConfigOptions options;
-  options.overrides = overrides_of(vm);
-  return load_config(file, registry, options);
-}
-
-void add_set_option(po::options_description& options) {
-  options.add_options()("set", po::value<std::vector<std::string>>()->composing(),
-                        "override a config key, e.g. --set train.steps=500 (repeatable)");
-}
-
-// What validation did quietly (keys dropped by a type override), one "note:" line each.
-void print_notes(const PipelineConfig& config) {
-  for (const auto& note : config.notes) std::cerr << "note: " << note << "\n";
-}
-
-// stderr: log lines, and on a terminal one live progress line rewritten in place (cleared before
-// the next log line). Not on a terminal (CI, a log file, | tee) there is no live line: the engine
-// prints plain progress lines instead.
-class Console {
- public:
-  static Console& get() {
-    static Console console;
-    return console;
-  }
-  bool is_terminal() const { return terminal_; }
-  void line(const std::string& text) {
-    end_live();
-    std::cerr << text << "\n";
-  }
-  void live(const std::string& text) {
-    std::cerr << "\r\033[K" << text << std::flush;
-    pending_ = true;
-  }
-  void end_live() {
-    if (pending_) std::cerr << "\r\033[K" << std::flush;
-    pending_ = false;
-  }
-
- private:
-  Console() {
-    const char* term = std::getenv("TERM");
-    terminal_ = ::isatty(STDERR_FILENO) == 1 && !(term && std::string(term) == "dumb");
-  }
-  bool terminal_ = false, pending_ = false;
-};
-
-Logger stderr_logger() {
-  if (Console::get().is_terminal())
-    set_live_progress([](const std::string& text) { Console::get().live(text); });
-  return [](const std::string& line) { Console::get().line(line); };
-}
+const std::vector<Command>& command_table();
 
 // ------------------------------------------------------------------------------------------------
 
-int cmd_plugins(const std::vector<std::string>& args) {
+int cmd_plugins(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
-  auto vm = parse("plugins", args, options, {}, "[--plugin-dir DIR]");
+  auto vm = parse(name, args, options, {}, "[--plugin-dir DIR]");
   if (!vm) return kOk;
   Session s;
   s.load(*vm, true);
@@ -239,14 +104,13 @@ Results: <run.dir>/<config stem>-ablation/results.csv, results.md, results.png a
 (docs/ablations.md).
 )";
 
-int cmd_inspect(const std::vector<std::string>& args) {
+int cmd_inspect(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("what", po::value<std::vector<std::string>>(),
                         "KIND NAME, KIND.NAME or an engine table");
   po::positional_options_description positional;
   positional.add("what", -1);
-  auto vm =
-      parse("inspect", args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval|ablation");
+  auto vm = parse(name, args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval|ablation");
   if (!vm) return kOk;
   std::vector<std::string> what =
       vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
@@ -305,24 +169,12 @@ int cmd_inspect(const std::vector<std::string>& args) {
   return kOk;
 }
 
-po::positional_options_description single_positional(const char* name) {
-  po::positional_options_description positional;
-  positional.add(name, 1);
-  return positional;
-}
-
-std::string required_positional(const po::variables_map& vm, const char* name, const char* what) {
-  if (!vm.count(name)) throw UsageError(std::string("missing ") + what);
-  return vm[name].as<std::string>();
-}
-
-int cmd_validate(const std::vector<std::string>& args) {
+int cmd_validate(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("config", po::value<std::string>(), "pipeline TOML file")(
       "print", "print the resolved config (every default filled in) to stdout");
   add_set_option(options);
-  auto vm =
-      parse("validate", args, options, single_positional("config"), "CONFIG [--set key=value ...] [--print]");
+  auto vm = parse(name, args, options, single_positional("config"), "CONFIG [--set key=value ...] [--print]");
   if (!vm) return kOk;
   Session s;
   const std::string file = required_positional(*vm, "config", "CONFIG (a pipeline TOML file)");
@@ -359,24 +211,14 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
   return kOk;
 }
 
-// The RUN_DIR positional of `sample` and `eval`, checked to be a run directory.
-std::string run_dir_argument(const po::variables_map& vm) {
-  std::string run = required_positional(vm, "run", "RUN_DIR (a run directory)");
-  std::error_code ec;
-  if (!std::filesystem::is_directory(run, ec)) throw UsageError(run + ": no such run directory");
-  if (!std::filesystem::is_regular_file(std::filesystem::path(run) / "config.toml", ec))
-    throw UsageError(run + ": not a run directory (no config.toml)");
-  return run;
-}
-
-int cmd_ablate(const std::vector<std::string>& args) {
+int cmd_ablate(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("config", po::value<std::string>(), "pipeline TOML file with an [ablation] table")(
       "jobs,j", po::value<int>()->default_value(1), "variants run at once; the cores are split between them")(
       "out", po::value<std::string>(), "the ablation directory (default: <run.dir>/<config stem>-ablation)")(
       "dry-run", "expand and validate the sweep, list the variants, run nothing");
   add_set_option(options);
-  auto vm = parse("ablate", args, options, single_positional("config"),
+  auto vm = parse(name, args, options, single_positional("config"),
                   "CONFIG [--jobs N] [--out DIR] [--set key=value ...] [--dry-run]");
   if (!vm) {
     std::cout << "\n" << kAblationHelp;
@@ -395,20 +237,18 @@ int cmd_ablate(const std::vector<std::string>& args) {
   ablate.dry_run = vm->count("dry-run") > 0;
   ablate.executable = std::filesystem::read_symlink("/proc/self/exe");
   if (vm->count("plugin-dir")) ablate.plugin_dirs = (*vm)["plugin-dir"].as<std::vector<std::string>>();
-  auto dir = ablate_job(file, s.registry, ablate, stderr_logger());
-  if (!dir.empty()) std::cout << dir.string() << "\n";  // ranks other than 0 write no run
-  if (ablate.dry_run) return kOk;
+  const AblateResult result = ablate_job(file, s.registry, ablate, stderr_logger());
+  if (!result.dir.empty()) std::cout << result.dir.string() << "\n";
   // Some variants failed: the results are written, but the command says so.
-  const std::string csv = read_file(dir / "results.csv");
-  return csv.find(",failed,") == std::string::npos ? kOk : kFailure;
+  return result.failed == 0 ? kOk : kFailure;
 }
 
-int cmd_resume(const std::vector<std::string>& args) {
+int cmd_resume(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("run", po::value<std::string>(),
                         "a run directory made by 'pathline run' or 'pathline train'");
   add_set_option(options);
-  auto vm = parse("resume", args, options, single_positional("run"),
+  auto vm = parse(name, args, options, single_positional("run"),
                   "RUN_DIR [--set key=value ...] (only keys that do not affect training may change)");
   if (!vm) return kOk;
   const std::string run = run_dir_argument(*vm);
@@ -422,7 +262,7 @@ int cmd_resume(const std::vector<std::string>& args) {
   return kOk;
 }
 
-int cmd_sample(const std::vector<std::string>& args) {
+int cmd_sample(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("run", po::value<std::string>(),
                         "a run directory made by 'pathline run' or 'pathline train'")(
@@ -435,7 +275,7 @@ int cmd_sample(const std::vector<std::string>& args) {
       "start from these source points: a .npy file [n, *data shape] of floats (n replaces sample.n); the "
       "same points give the same samples");
   add_set_option(options);
-  auto vm = parse("sample", args, options, single_positional("run"),
+  auto vm = parse(name, args, options, single_positional("run"),
                   "RUN_DIR [--set solver.type=heun --set solver.steps=20 ...] [--out DIR] [--weights FILE] "
                   "[--noise X0.npy]");
   if (!vm) return kOk;
@@ -458,7 +298,7 @@ int cmd_sample(const std::vector<std::string>& args) {
   return kOk;
 }
 
-int cmd_eval(const std::vector<std::string>& args) {
+int cmd_eval(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("run", po::value<std::string>(),
                         "a run directory made by 'pathline run' or 'pathline train'")(
@@ -467,7 +307,7 @@ int cmd_eval(const std::vector<std::string>& args) {
       "time_grid.*, and for runs without samples)")("nll", "also compute the likelihood metric nll")(
       "out", po::value<std::string>(), "write the results here (default: RUN_DIR/eval.json)");
   add_set_option(options);
-  auto vm = parse("eval", args, options, single_positional("run"),
+  auto vm = parse(name, args, options, single_positional("run"),
                   "RUN_DIR [--set metric[0].samples=500 ...] [--fresh] [--nll] [--out FILE]");
   if (!vm) return kOk;
   const std::string run = run_dir_argument(*vm);
@@ -483,156 +323,7 @@ int cmd_eval(const std::vector<std::string>& args) {
   return kOk;
 }
 
-// `pathline launch`: starts this machine's ranks of a data-parallel run as torchrun would (the same
-// environment variables), forwards SIGINT/SIGTERM/SIGHUP to them, and ends with the first failing
-// rank's status after stopping the others.
-volatile std::sig_atomic_t g_forward_signal = 0;
-extern "C" void on_launch_signal(int signal) { g_forward_signal = signal; }
-
-int free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 29500;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t size = sizeof(address);
-  int port = 29500;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) == 0)
-    port = ntohs(address.sin_port);
-  ::close(fd);
-  return port;
-}
-
-int cmd_launch(const std::vector<std::string>& args) {
-  auto separator = std::find(args.begin(), args.end(), "--");
-  std::vector<std::string> own(args.begin(), separator);
-  std::vector<std::string> command(separator == args.end() ? args.end() : separator + 1, args.end());
-  po::options_description options("Options");
-  options.add_options()("nproc-per-node", po::value<int>()->default_value(1),
-                        "ranks to start on this machine")("nnodes", po::value<int>()->default_value(1),
-                                                          "machines in the run")(
-      "node-rank", po::value<int>()->default_value(0), "this machine's index, 0 .. nnodes - 1")(
-      "master-addr", po::value<std::string>()->default_value("127.0.0.1"),
-      "address of rank 0's machine (where the rendezvous store listens)")(
-      "master-port", po::value<int>()->default_value(29500),
-      "port of the rendezvous store; 0 picks a free one (one machine only)");
-  auto vm = parse(
-      "launch", own, options, {},
-      "--nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] -- run|train|resume "
-      "...");
-  if (!vm) return kOk;
-  const int nproc = (*vm)["nproc-per-node"].as<int>(), nnodes = (*vm)["nnodes"].as<int>();
-  const int node = (*vm)["node-rank"].as<int>();
-  int port = (*vm)["master-port"].as<int>();
-  if (nproc < 1 || nproc > 1024) throw UsageError("--nproc-per-node must be 1 to 1024");
-  if (nnodes < 1 || nnodes > 65536) throw UsageError("--nnodes must be at least 1");
-  if (node < 0 || node >= nnodes) throw UsageError(fmt::format("--node-rank must be 0 to {}", nnodes - 1));
-  if (port < 0 || port > 65535) throw UsageError("--master-port must be 0 to 65535");
-  if (port == 0 && nnodes > 1) throw UsageError("--master-port 0 (a free port) works on one machine only");
-  if (command.empty())
-    throw UsageError(
-        "nothing to launch: give the command after --, e.g. pathline launch --nproc-per-node 2 -- run "
-        "configs/quickstart.toml");
-  static const std::vector<std::string> trainable = {"run", "train", "resume"};
-  if (std::find(trainable.begin(), trainable.end(), command[0]) == trainable.end())
-    throw UsageError("launch runs 'run', 'train' or 'resume' on every rank, not '" + command[0] + "'");
-  if (port == 0) port = free_port();
-  if (!distributed_available())
-    throw std::runtime_error(
-        "this build cannot train across processes: it has no c10d Gloo backend (install "
-        "libgloo-dev and rebuild)");
-
-  struct sigaction action {};
-  action.sa_handler = on_launch_signal;
-  sigemptyset(&action.sa_mask);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &action, nullptr);
-
-  const int world = nproc * nnodes;
-  std::vector<pid_t> pids(static_cast<std::size_t>(nproc), -1);
-  for (int local = 0; local < nproc; ++local) {
-    const int rank = node * nproc + local;
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) {
-      const std::string entry = *e;
-      const std::string name = entry.substr(0, entry.find('='));
-      if (name != "RANK" && name != "WORLD_SIZE" && name != "LOCAL_RANK" && name != "LOCAL_WORLD_SIZE" &&
-          name != "MASTER_ADDR" && name != "MASTER_PORT" && name != "GROUP_RANK")
-        env.push_back(entry);
-    }
-    for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
-             {"RANK", std::to_string(rank)},
-             {"WORLD_SIZE", std::to_string(world)},
-             {"LOCAL_RANK", std::to_string(local)},
-             {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
-             {"GROUP_RANK", std::to_string(node)},
-             {"MASTER_ADDR", (*vm)["master-addr"].as<std::string>()},
-             {"MASTER_PORT", std::to_string(port)}})
-      env.push_back(name + "=" + value);
-    std::vector<std::string> argv_text = {"pathline"};
-    argv_text.insert(argv_text.end(), command.begin(), command.end());
-    std::vector<char*> argv, envp;
-    for (auto& a : argv_text) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    for (auto& e : env) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    const int err = ::posix_spawn(&pids[static_cast<std::size_t>(local)], "/proc/self/exe", nullptr, nullptr,
-                                  argv.data(), envp.data());
-    if (err != 0) {
-      for (pid_t pid : pids)
-        if (pid > 0) ::kill(pid, SIGTERM);
-      throw std::runtime_error(std::string("cannot start rank ") + std::to_string(rank) + ": " +
-                               std::strerror(err));
-    }
-  }
-
-  int result = 0, running = nproc;
-  bool stopping = false, forwarded = false;
-  auto stop_deadline = std::chrono::steady_clock::time_point::max();
-  while (running > 0) {
-    if (g_forward_signal != 0) {
-      const int sig = g_forward_signal;
-      g_forward_signal = 0;
-      forwarded = true;
-      for (pid_t pid : pids)
-        if (pid > 0) ::kill(pid, sig);
-    }
-    int status = 0;
-    const pid_t done = ::waitpid(-1, &status, WNOHANG);
-    if (done > 0) {
-      auto it = std::find(pids.begin(), pids.end(), done);
-      if (it == pids.end()) continue;
-      const int rank = node * nproc + static_cast<int>(it - pids.begin());
-      *it = -1;
-      --running;
-      const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      if (code != 0 && result == 0) {
-        result = code;
-        if (!forwarded)
-          std::cerr << "pathline launch: rank " << rank << " exited with status " << code
-                    << (WIFSIGNALED(status)
-                            ? std::string(" (signal ") + std::to_string(WTERMSIG(status)) + ")"
-                            : "")
-                    << (running > 0 ? "; stopping the other ranks" : "") << "\n";
-        for (pid_t pid : pids)
-          if (pid > 0) ::kill(pid, SIGTERM);
-        stopping = true;
-        stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-      }
-      continue;
-    }
-    if (stopping && std::chrono::steady_clock::now() > stop_deadline) {
-      for (pid_t pid : pids)
-        if (pid > 0) ::kill(pid, SIGKILL);
-      stop_deadline = std::chrono::steady_clock::time_point::max();
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return result;
-}
-
-int cmd_bench(const std::vector<std::string>& args) {
+int cmd_bench(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("job", po::value<std::string>(), "train, sample or peak")(
       "config", po::value<std::string>(), "pipeline TOML file (train, sample)")(
@@ -646,7 +337,7 @@ int cmd_bench(const std::vector<std::string>& args) {
   po::positional_options_description positional;
   positional.add("job", 1).add("config", 1);
   auto vm =
-      parse("bench", args, options, positional,
+      parse(name, args, options, positional,
             "train|sample CONFIG [--steps N] [--warmup N] [--repeats N] [--set key=value ...]\n"
             "       pathline bench peak [--size N] [--threads N] [--repeats N] [--dtype float32|bfloat16]");
   if (!vm) return kOk;
@@ -679,13 +370,45 @@ int cmd_bench(const std::vector<std::string>& args) {
   return kOk;
 }
 
+// The one table of commands: `pathline --help`, dispatch, the suggestion for a mistyped name, the
+// commands that compute (fast BLAS kernels first) and those `launch` may start all read it.
+const std::vector<Command>& command_table() {
+  static const std::vector<Command> table = {
+      {"plugins", "plugins", "list loaded plugins and their components", cmd_plugins, false, false},
+      {"inspect", "inspect KIND NAME",
+       "show a component's parameters (also KIND.NAME, or an engine table: run, train, sample, eval)",
+       cmd_inspect, false, false},
+      {"validate", "validate CONFIG", "check a pipeline config and report every problem", cmd_validate, false,
+       false},
+      {"run", "run CONFIG", "train, sample and evaluate; writes a run directory", cmd_run, true, true},
+      {"train", "train CONFIG", "train only; writes a run directory with the weights", cmd_run, true, true},
+      {"resume", "resume RUN_DIR", "continue a stopped or killed run from its latest good checkpoint",
+       cmd_resume, true, true},
+      {"sample", "sample RUN_DIR", "sample and evaluate a trained run, optionally with another solver",
+       cmd_sample, true, false},
+      {"ablate", "ablate CONFIG",
+       "run every variant of the config's [ablation] sweep; results.csv, .md and charts", cmd_ablate, true,
+       false},
+      {"eval", "eval RUN_DIR",
+       "compute a run's metrics (and nll) on its samples or fresh ones into eval.json", cmd_eval, true,
+       false},
+      {"launch", "launch -- COMMAND",
+       "start the ranks of a data-parallel run (as torchrun does) and watch them", cmd_launch, false, false},
+      {"bench", "bench JOB [CONFIG]",
+       "time the engine's training step, sampling or matrix products (JSON); the full\n"
+       "comparison with PyTorch is tools/bench/run.sh",
+       cmd_bench, true, false},
+  };
+  return table;
+}
+
 int dispatch(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout
         << "Usage: pathline [--version] [--help] COMMAND [ARGS]\n\n"
            "Pathline trains and samples flow-matching models from TOML pipelines whose parts are plugins.\n\n"
-        << kCommands;
+        << commands_help();
     return args.empty() ? kUsage : kOk;
   }
   if (args[0] == "--version" || args[0] == "-V") {
@@ -693,25 +416,26 @@ int dispatch(int argc, char** argv) {
               << TORCH_VERSION << ")\n";
     return kOk;
   }
-  const std::string command = args[0];
+  const std::string name = args[0];
+  const Command* command = find_command(name);
+  if (!command) {
+    std::vector<std::string> names;
+    for (const Command& c : commands()) names.push_back(c.name);
+    std::string suggestion = closest_match(name, names);
+    std::cerr << "pathline: unknown command '" << name << "'"
+              << (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") << "\n\n"
+              << commands_help();
+    return kUsage;
+  }
   std::vector<std::string> rest(args.begin() + 1, args.end());
   try {
-    if (command == "plugins") return cmd_plugins(rest);
-    if (command == "inspect") return cmd_inspect(rest);
-    if (command == "validate") return cmd_validate(rest);
-    if (command == "run" || command == "train") return cmd_run(command, rest);
-    if (command == "resume") return cmd_resume(rest);
-    if (command == "ablate") return cmd_ablate(rest);
-    if (command == "sample") return cmd_sample(rest);
-    if (command == "eval") return cmd_eval(rest);
-    if (command == "bench") return cmd_bench(rest);
-    if (command == "launch") return cmd_launch(rest);
+    return command->handler(name, rest);
   } catch (const Interrupted& e) {
-    Console::get().line(std::string("pathline ") + command + ": " + e.what());
+    Console::get().line("pathline " + name + ": " + e.what());
     return 128 + e.signal;
   } catch (const UsageError& e) {
     Console::get().end_live();
-    std::cerr << "pathline " << command << ": " << e.what() << " (see 'pathline " << command << " --help')\n";
+    std::cerr << "pathline " << name << ": " << e.what() << " (see 'pathline " << name << " --help')\n";
     return kUsage;
   } catch (const ConfigError& e) {
     Console::get().end_live();
@@ -720,30 +444,23 @@ int dispatch(int argc, char** argv) {
   } catch (const c10::Error& e) {
     Console::get().end_live();
     std::string what = e.what_without_backtrace();
-    std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
+    std::cerr << "pathline " << name << ": error: " << what.substr(0, what.find('\n')) << "\n";
     return kFailure;
   } catch (const std::exception& e) {
     Console::get().end_live();
     std::string what = e.what();
-    std::cerr << "pathline " << command << ": error: " << what.substr(0, what.find('\n')) << "\n";
+    std::cerr << "pathline " << name << ": error: " << what.substr(0, what.find('\n')) << "\n";
     return kFailure;
   }
-  std::vector<std::string> commands = {"plugins", "inspect", "validate", "run",   "train", "resume",
-                                       "sample",  "ablate",  "eval",     "bench", "launch"};
-  std::string suggestion = closest_match(command, commands);
-  std::cerr << "pathline: unknown command '" << command << "'"
-            << (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?") << "\n\n"
-            << kCommands;
-  return kUsage;
 }
 
 // The commands that compute run on the BLAS kernels the processor supports: when the loaded
 // OpenBLAS chose slower ones (blas_kernel_override), the process starts itself again with
 // OPENBLAS_CORETYPE set, which OpenBLAS reads only as it loads. The others start as they are.
 void use_fast_blas(int argc, char** argv) {
-  static const std::vector<std::string> computing = {"run",    "train", "resume", "sample",
-                                                     "ablate", "eval",  "bench"};
-  if (argc < 2 || std::find(computing.begin(), computing.end(), argv[1]) == computing.end()) return;
+  if (argc < 2) return;
+  const Command* command = find_command(argv[1]);
+  if (!command || !command->computes) return;
   const char* check = std::getenv("PATHLINE_BLAS_CHECK");
   if (check && std::string(check) == "0") return;
   const auto core = blas_kernel_override();
@@ -753,6 +470,29 @@ void use_fast_blas(int argc, char** argv) {
 }
 
 }  // namespace
+
+namespace pathline::cli {
+
+const std::vector<Command>& commands() { return command_table(); }
+
+const Command* find_command(const std::string& name) {
+  for (const Command& c : commands())
+    if (name == c.name) return &c;
+  return nullptr;
+}
+
+std::string commands_help() {
+  std::string text = "Commands:\n";
+  for (const Command& c : commands()) {
+    std::string summary = c.summary;
+    for (std::size_t at = summary.find('\n'); at != std::string::npos; at = summary.find('\n', at + 1))
+      summary.insert(at + 1, std::string(23, ' '));
+    text += fmt::format("  {:<20} {}\n", c.usage, summary);
+  }
+  return text + "\nRun 'pathline COMMAND --help' for a command's options.\n";
+}
+
+}  // namespace pathline::cli
 
 int main(int argc, char** argv) {
   use_fast_blas(argc, argv);

@@ -26,30 +26,20 @@ ConfigError::ConfigError(std::vector<std::string> problems)
 // The slots and the engine tables
 
 const std::vector<SlotSpec>& pipeline_slots() {
-  // Pipeline order: the order components are built in (each sees the ones before it), the order of
-  // the resolved config, and the order `pathline inspect` lists them in.
-  static const std::vector<SlotSpec> slots = {
-      {"dataset", Kind::dataset, "", true, false,
-       "the target distribution q(x1): the data the flow learns to generate"},
-      {"source", Kind::dataset, "gaussian", false, false,
-       "the source distribution p(x0): the standard Gaussian, or any data set (e.g. 8gaussians to moons)"},
-      {"path", Kind::path, "linear", false, false,
-       "the probability path x_t = alpha_t x1 + sigma_t x0 from the source (t = 0) to the data (t = 1)"},
-      {"coupling", Kind::coupling, "independent", false, false,
-       "how the source and data samples of a batch are paired (independently, or by optimal transport)"},
-      {"time_sampler", Kind::time_sampler, "uniform", false, false,
-       "the distribution of training times t in [0, 1]"},
-      {"parameterization", Kind::parameterization, "velocity", false, false,
-       "what the model predicts (velocity, noise, data, score) and how that converts to a velocity"},
-      {"model", Kind::model, "", true, false,
-       "the network that predicts the parameterization's target from (x_t, t)"},
-      {"solver", Kind::solver, "euler", false, false,
-       "the ODE solver that integrates the learned velocity at sampling"},
-      {"time_grid", Kind::time_grid, "uniform", false, false,
-       "how the sampling interval is cut into solver steps"},
-      {"metric", Kind::metric, "", false, true,
-       "scores of the generated samples against fresh data: a table [metric] or a list [[metric]]"},
-  };
+  // Pipeline order (slots.hpp): the order components are built in (each sees the ones before it),
+  // the order of the resolved config, and the order `pathline inspect` lists them in.
+  static const std::vector<SlotSpec> slots = [] {
+    std::vector<SlotSpec> all;
+#define PATHLINE_SLOT_SPEC(table, Interface, default_type, required, phases, doc) \
+  all.push_back({#table, KindOf<Interface>::value, default_type, required, false, doc, phases});
+    PATHLINE_SLOTS(PATHLINE_SLOT_SPEC)
+#undef PATHLINE_SLOT_SPEC
+#define PATHLINE_MANY_SLOT_SPEC(table, Interface, phases, doc) \
+  all.push_back({#table, KindOf<Interface>::value, "", false, true, doc, phases});
+    PATHLINE_METRIC_SLOT(PATHLINE_MANY_SLOT_SPEC)
+#undef PATHLINE_MANY_SLOT_SPEC
+    return all;
+  }();
   return slots;
 }
 

@@ -15,13 +15,15 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
   // what each one is compared with.
   at::Generator gen =
       make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::eval);
-  Batch reference = c.dataset->sample(reference_n, gen);
+  Batch reference = plugin_call(c.origin("dataset"), "drawing the reference",
+                                [&] { return c.dataset->sample(reference_n, gen); });
 
   const SamplingInterval interval = sampling_interval(config, c);
   c10::InferenceMode inference;
-  const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
+  const std::int64_t rank = static_cast<std::int64_t>(c.flow().shape.size()) + 1;
   ModelField field(*c.model, *c.path, *c.parameterization, rank,
                    config.table("sample").real("guidance_scale"));
+  field.name_components(c);
   for (auto& m : c.metrics) {
     const std::int64_t used = m.samples > 0 ? std::min(m.samples, n) : n;
     MetricInput input;
@@ -33,17 +35,14 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
     input.t_start = interval.t_start;
     input.t_end = interval.t_end;
     input.generator = &gen;
+    input.source = c.source.get();
     MetricRecord record;
     record.name = m.name;
     record.type = m.type;
     record.direction = m.metric->direction();
     record.generated_n = used;
     record.reference_n = reference_n;
-    try {
-      record.result = m.metric->compute(input);
-    } catch (const InputError& e) {
-      throw InputError("metric '" + m.name + "': " + e.what());
-    }
+    record.result = plugin_call(m.origin, "compute", [&] { return m.metric->compute(input); });
     records.push_back(std::move(record));
   }
   return records;

@@ -1,5 +1,5 @@
 // Files: the one atomic write, whole-file reads, NumPy's .npy arrays and safetensors weights (see
-// io.hpp). Pictures are in image.cpp; plots live outside the engine, in tools/plot.
+// io.hpp). Pictures are in image.cpp; charts are the pathline_plot library beside the engine, in engine/plot.
 #include <fcntl.h>
 #include <unistd.h>
 

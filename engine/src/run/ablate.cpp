@@ -817,8 +817,8 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
 
 }  // namespace
 
-fs::path ablate_job(const fs::path& file, const Registry& registry, const AblateOptions& options,
-                    const Logger& log) {
+AblateResult ablate_job(const fs::path& file, const Registry& registry, const AblateOptions& options,
+                        const Logger& log) {
   AblationPlan plan = plan_ablation(file, registry, options.overrides);
   ConfigOptions base_options;
   base_options.overrides = options.overrides;
@@ -840,7 +840,7 @@ fs::path ablate_job(const fs::path& file, const Registry& registry, const Ablate
       if (log)
         log(fmt::format("  {:>3}. {}  [training {}]", i + 1, plan.variants[i].label,
                         plan.variants[i].training.substr(0, 8)));
-    return dir;
+    return {dir, 0, 0};
   }
   std::error_code ec;
   fs::create_directories(dir / "logs", ec);
@@ -1006,7 +1006,7 @@ fs::path ablate_job(const fs::path& file, const Registry& registry, const Ablate
   for (const auto& r : rows) failed += r.ok ? 0 : 1;
   if (failed > 0 && log)
     log(fmt::format("ablate: {} of {} variants failed (see results.md and logs/)", failed, rows.size()));
-  return dir;
+  return {dir, rows.size(), failed};
 }
 
 }  // namespace pathline

@@ -223,7 +223,9 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
   if (data.shape.size() != 1 || data.shape[0] < 2 || !plot::available()) return;
   at::Generator gen =
       make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::plot);
-  torch::Tensor reference = c.dataset->sample(std::min<std::int64_t>(s.samples.size(0), 20000), gen).x;
+  torch::Tensor reference = plugin_call(c.origin("dataset"), "drawing the reference", [&] {
+                              return c.dataset->sample(std::min<std::int64_t>(s.samples.size(0), 20000), gen);
+                            }).x;
   write_file_atomic(dir / "samples.png",
                     plot::scatter(dir / "samples.png", points_of(reference), points_of(s.samples),
                                   fmt::format("{} samples, {} ({} NFE)", s.samples.size(0),
@@ -596,7 +598,7 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
     for (const auto& note : run.components.notes) log("note: " + note);
   if (noise_file) {
     try {
-      check_noise(noise, run.components.data());
+      check_noise(noise, run.components.flow());
     } catch (const InputError& e) {
       throw ArgumentFileError(noise_file->string() + ": " + e.what());
     }

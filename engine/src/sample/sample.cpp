@@ -26,23 +26,36 @@ torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) 
   torch::Tensor out;
   AutocastGuard autocast(bf16_, x.device());
   if (!labels_.defined() || guidance_ == 1.0) {
-    out = model_.forward(x, torch::full({n}, t, x.options()), Condition{labels_});
+    out = forward(x, torch::full({n}, t, x.options()), Condition{labels_});
   } else {
     // One forward over [x; x] with [labels; null]: the conditional and unconditional halves.
-    torch::Tensor both =
-        model_.forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
-                       Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
+    torch::Tensor both = forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
+                                 Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
     torch::Tensor conditional = both.narrow(0, 0, n), unconditional = both.narrow(0, n, n);
     out = torch::lerp(unconditional.to(x.scalar_type()), conditional.to(x.scalar_type()), guidance_);
   }
   if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
   if (parameterization_.predicts() == q) return out;
-  auto c = path_.coefficients(torch::full({n}, t, x.options())).broadcast_to_rank(rank_);
-  return parameterization_.convert(out, x, c, q);
+  auto convert = [&] {
+    auto c = path_coefficients(torch::full({n}, t, x.options())).broadcast_to_rank(rank_);
+    return parameterization_.convert(out, x, c, q);
+  };
+  return parameterization_origin_ ? plugin_call(*parameterization_origin_, "convert", convert) : convert();
+}
+
+torch::Tensor ModelField::forward(const torch::Tensor& x, const torch::Tensor& t,
+                                  const Condition& condition) {
+  if (!model_origin_) return model_.forward(x, t, condition);
+  return plugin_call(*model_origin_, "forward", [&] { return model_.forward(x, t, condition); });
+}
+
+PathCoefficients ModelField::path_coefficients(const torch::Tensor& t) const {
+  if (!path_origin_) return path_.coefficients(t);
+  return plugin_call(*path_origin_, "coefficients", [&] { return path_.coefficients(t); });
 }
 
 PathCoefficients ModelField::coefficients(double t) const {
-  return path_.coefficients(torch::full({1}, t, torch::kFloat64));
+  return path_coefficients(torch::full({1}, t, torch::kFloat64));
 }
 
 std::vector<double> solver_times(const Components& c, double t0, double t1) {
@@ -242,7 +255,7 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
                     const torch::Tensor& noise) {
   const Params& sp = config.table("sample");
   const std::int64_t n = noise.defined() ? noise.size(0) : sp.integer("n");
-  if (noise.defined()) check_noise(noise, c.data());
+  if (noise.defined()) check_noise(noise, c.flow());
   const std::int64_t batch = std::min(n, sp.integer("batch_size"));
   const std::int64_t traj_count = std::min(batch, sp.integer("trajectories"));
   at::Generator gen =
@@ -250,9 +263,10 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
 
   c10::InferenceMode inference;
   c.model->eval();
-  const std::int64_t rank = static_cast<std::int64_t>(c.data().shape.size()) + 1;
+  const std::int64_t rank = static_cast<std::int64_t>(c.flow().shape.size()) + 1;
   ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.real("guidance_scale"),
                    wants_bf16(sp.string("precision")));
+  field.name_components(c);
 
   SampleResult result;
   result.interval = sampling_interval(config, c);
@@ -274,7 +288,9 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
     const std::int64_t size = std::min(batch, n - done);
     torch::Tensor x0 = noise.defined()
                            ? noise.narrow(0, done, size).to(c.context.device, torch::kFloat32, false, true)
-                           : c.source->sample(size, gen).x.to(c.context.device);
+                           : plugin_call(c.origin("source"), "drawing a batch", [&] {
+                               return c.source->sample(size, gen);
+                             }).x.to(c.context.device);
     if (prior_scale != 1.0) x0.mul_(prior_scale);
     field.set_labels(result.labels.defined() ? result.labels.narrow(0, done, size).to(c.context.device)
                                              : torch::Tensor());
@@ -286,7 +302,8 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
         result.times.push_back(t);  // an adaptive solver's own steps, not the grid's
         states.push_back(x.narrow(0, 0, traj_count).to(torch::kCPU).clone());
       };
-    torch::Tensor x = c.solver->solve(field, x0, request);
+    torch::Tensor x =
+        plugin_call(c.origin("solver"), "solve", [&] { return c.solver->solve(field, x0, request); });
     for (const auto& [key, value] : c.solver->statistics()) result.solver_statistics[key] += value;
     if (denoise) {
       // The last step: from x(t_end) straight to the predicted data (one evaluation).

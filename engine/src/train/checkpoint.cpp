@@ -17,8 +17,13 @@ namespace pathline {
 namespace fs = std::filesystem;
 
 std::map<std::string, std::string> training_keys(const PipelineConfig& config) {
-  static const std::set<std::string> slots = {"dataset",      "source",           "path", "coupling",
-                                              "time_sampler", "parameterization", "model"};
+  // The slots training reads (slots.hpp): their types and parameters decide what it computes.
+  static const std::set<std::string> slots = [] {
+    std::set<std::string> names;
+    for (const SlotSpec& slot : pipeline_slots())
+      if (!slot.many && slot.read_by(kTrainPhase)) names.insert(slot.table);
+    return names;
+  }();
   // [train] keys that change how training is reported, saved or guarded, not what it computes.
   static const std::set<std::string> free_train_keys = {"log_every", "progress_every", "checkpoint_every",
                                                         "keep_checkpoints", "on_nonfinite"};

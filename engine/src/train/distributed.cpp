@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <thread>
@@ -53,7 +54,7 @@ WorldInfo world_from_environment() {
   w.rank = integer_variable("RANK", 0, 0);
   w.local_world_size = integer_variable("LOCAL_WORLD_SIZE", w.world_size, 1);
   w.local_rank = integer_variable("LOCAL_RANK", w.rank % w.local_world_size, 0);
-  w.master_port = integer_variable("MASTER_PORT", 29500, 1);
+  w.master_port = integer_variable("MASTER_PORT", 29500, 0);
   if (const char* addr = std::getenv("MASTER_ADDR"); addr && *addr) w.master_addr = addr;
   if (w.rank >= w.world_size)
     throw InputError(
@@ -64,6 +65,10 @@ WorldInfo world_from_environment() {
   if (w.local_world_size > w.world_size)
     throw InputError(fmt::format("environment variable LOCAL_WORLD_SIZE={} is more than WORLD_SIZE={}",
                                  w.local_world_size, w.world_size));
+  if (w.master_port == 0 && w.rank != 0)
+    throw InputError(
+        "environment variable MASTER_PORT=0 lets rank 0's system pick the port; the other ranks need "
+        "the port rank 0 reports (\"rendezvous store listening on ...\")");
   if (w.master_port > 65535)
     throw InputError(fmt::format("environment variable MASTER_PORT={}: not a TCP port", w.master_port));
   return w;
@@ -97,9 +102,17 @@ DataParallel::DataParallel(const WorldInfo& world, std::chrono::milliseconds tim
     options.port = static_cast<std::uint16_t>(world.master_port);
     options.isServer = world.rank == 0;
     options.numWorkers = static_cast<std::size_t>(world.world_size);
-    options.waitWorkers = true;
+    // MASTER_PORT=0: the system picks a free port, which rank 0 reports for the others (no window
+    // between choosing a port and listening on it). Gloo's own rendezvous then waits for them.
+    const bool pick_port = world.master_port == 0;
+    options.waitWorkers = !pick_port;
     options.timeout = timeout;
-    impl_->store = c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
+    auto store = c10::make_intrusive<c10d::TCPStore>(world.master_addr, options);
+    if (pick_port)
+      fmt::print(stderr, "pathline: rank 0: rendezvous store listening on {}:{}\n", world.master_addr,
+                 store->getPort());
+    std::fflush(stderr);
+    impl_->store = store;
   } catch (const std::exception& e) {
     throw Error(fmt::format("rank {}: cannot meet the other ranks through the store at {} within {} s: {}",
                             world.rank, where, timeout.count() / 1000, first_line(e)));

@@ -255,11 +255,12 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
                           rank)),
       schedule_(config.table("train")),
       batch_(config.table("train").integer("batch_size")),
-      rank_(static_cast<std::int64_t>(components.data().shape.size()) + 1),
+      rank_(static_cast<std::int64_t>(components.flow().shape.size()) + 1),
       accumulate_(config.table("train").integer("accumulate")),
       grad_clip_(config.table("train").real("grad_clip")),
       ema_decay_(config.table("train").real("ema_decay")),
       label_dropout_(config.table("train").real("label_dropout")),
+      affine_path_(components.path->affine()),
       ema_warmup_(config.table("train").boolean("ema_warmup")),
       bf16_(wants_bf16(config.table("train").string("precision"))),
       skip_nonfinite_(config.table("train").string("on_nonfinite") == "skip"),
@@ -296,25 +297,36 @@ Trainer::~Trainer() {
   for (std::size_t i = 0; i < hooks_.size(); ++i) params_[i].remove_hook(hooks_[i]);
 }
 
-std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> Trainer::draw(at::Generator& gen, std::int64_t n) {
+Trainer::Draw Trainer::draw(at::Generator& gen, std::int64_t n) {
   const torch::Device device = c_.context.device;
-  Batch target = c_.dataset->sample(n, gen);
-  Batch source = c_.source->sample(n, gen);
+  Batch target =
+      plugin_call(c_.origin("dataset"), "drawing a batch", [&] { return c_.dataset->sample(n, gen); });
+  Batch source =
+      plugin_call(c_.origin("source"), "drawing a batch", [&] { return c_.source->sample(n, gen); });
   target.x = to_device(target.x, device);
   source.x = to_device(source.x, device);
-  std::tie(source, target) = c_.coupling->couple(std::move(source), std::move(target), gen);
-  torch::Tensor t = to_device(c_.time_sampler->sample(n, gen), device);
+  std::tie(source, target) = plugin_call(c_.origin("coupling"), "coupling a batch", [&] {
+    return c_.coupling->couple(std::move(source), std::move(target), gen);
+  });
+  Draw d;
+  d.t = to_device(plugin_call(c_.origin("time_sampler"), "drawing times",
+                              [&] { return c_.time_sampler->sample(n, gen); }),
+                  device);
   // Label dropout: the model also learns the unconditional field, which guidance needs.
-  torch::Tensor labels;
   if (target.labels.defined()) {
-    labels = target.labels.to(torch::kInt64);
+    d.labels = target.labels.to(torch::kInt64);
     if (label_dropout_ > 0) {
       torch::Tensor drop = torch::rand({n}, gen) < label_dropout_;
-      labels = labels.masked_fill(drop.to(labels.device()), kNullLabel);
+      d.labels = d.labels.masked_fill(drop.to(d.labels.device()), kNullLabel);
     }
-    labels = to_device(labels, device);
+    d.labels = to_device(d.labels, device);
   }
-  return {std::move(source), std::move(target), std::move(t), std::move(labels)};
+  for (auto& [name, tensor] : target.extras) d.extras[name] = to_device(tensor, device);
+  d.at =
+      plugin_call(c_.origin("path"), "sample", [&] { return c_.path->sample(source.x, target.x, d.t, gen); });
+  d.x0 = std::move(source.x);
+  d.x1 = std::move(target.x);
+  return d;
 }
 
 void Trainer::on_gradient(std::size_t param, const torch::Tensor& grad) {
@@ -438,22 +450,34 @@ torch::Tensor Trainer::step() {
   if (optimizer_) optimizer_->param_groups()[0].options().set_lr(lr);
   const torch::Device device = c_.context.device;
 
-  Batch source, target;
-  torch::Tensor t, labels;
+  Draw all;
   if (rank_gens_.empty()) {
-    std::tie(source, target, t, labels) = draw(gen_, local_batch_);
+    all = draw(gen_, local_batch_);
   } else {
     // Every simulated rank's share from its own stream, then one batch.
-    std::vector<torch::Tensor> x0s, x1s, ts, ls;
+    std::vector<Draw> shares;
     const auto ranks = static_cast<std::int64_t>(rank_gens_.size());
-    for (std::int64_t r = 0; r < ranks; ++r) {
-      auto [s_r, t_r, time_r, l_r] = draw(rank_gens_[r], batch_ / ranks + (r < batch_ % ranks ? 1 : 0));
-      x0s.push_back(s_r.x), x1s.push_back(t_r.x), ts.push_back(time_r);
-      if (l_r.defined()) ls.push_back(l_r);
+    for (std::int64_t r = 0; r < ranks; ++r)
+      shares.push_back(draw(rank_gens_[r], batch_ / ranks + (r < batch_ % ranks ? 1 : 0)));
+    auto cat = [&](auto member) {
+      std::vector<torch::Tensor> parts;
+      for (auto& share : shares)
+        if (member(share).defined()) parts.push_back(member(share));
+      return parts.empty() ? torch::Tensor() : torch::cat(parts);
+    };
+    all.x0 = cat([](Draw& d) -> torch::Tensor& { return d.x0; });
+    all.x1 = cat([](Draw& d) -> torch::Tensor& { return d.x1; });
+    all.t = cat([](Draw& d) -> torch::Tensor& { return d.t; });
+    all.labels = cat([](Draw& d) -> torch::Tensor& { return d.labels; });
+    all.at.x_t = cat([](Draw& d) -> torch::Tensor& { return d.at.x_t; });
+    all.at.velocity = cat([](Draw& d) -> torch::Tensor& { return d.at.velocity; });
+    for (const auto& [name, tensor] : shares.front().extras) {
+      (void)tensor;
+      all.extras[name] = cat([&](Draw& d) -> torch::Tensor& { return d.extras.at(name); });
     }
-    source.x = torch::cat(x0s), target.x = torch::cat(x1s), t = torch::cat(ts);
-    if (!ls.empty()) labels = torch::cat(ls);
   }
+  const torch::Tensor& t = all.t;
+  const torch::Tensor& labels = all.labels;
   const std::int64_t batch = t.size(0);
 
   for (auto& p : params_) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
@@ -464,18 +488,26 @@ torch::Tensor Trainer::step() {
   for (std::int64_t k = 0, begin = 0; k < accumulate_; ++k) {
     last_micro_ = k + 1 == accumulate_;
     const std::int64_t size = batch / accumulate_ + (k < batch % accumulate_ ? 1 : 0);
-    auto part = [&](const torch::Tensor& x) { return accumulate_ == 1 ? x : x.narrow(0, begin, size); };
-    torch::Tensor t_k = part(t), x0 = part(source.x), x1 = part(target.x);
+    // This micro-batch's rows of the batch (every tensor of the draw is sliced the same way).
+    const std::int64_t first = begin;
     begin += size;
+    auto part = [&](const torch::Tensor& x) { return accumulate_ == 1 ? x : x.narrow(0, first, size); };
+    torch::Tensor t_k = part(t), x0 = part(all.x0), x1 = part(all.x1), x_t = part(all.at.x_t);
     Condition condition;
     if (labels.defined()) condition.labels = part(labels);
-    PathCoefficients coef = c_.path->coefficients(t_k).broadcast_to_rank(rank_);
-    torch::Tensor x_t = Path::interpolate(coef, x0, x1);
-    torch::Tensor goal = c_.parameterization->target(x0, x1, coef);
+    for (const auto& [name, tensor] : all.extras) condition.extras[name] = part(tensor);
+    PathCoefficients coef = plugin_call(c_.origin("path"), "coefficients",
+                                        [&] { return c_.path->coefficients(t_k).broadcast_to_rank(rank_); });
+    // An affine path's targets come from the parameterization; any other path's draw carries its
+    // velocity target (its pipelines predict the velocity: build_components checks).
+    torch::Tensor goal = affine_path_ ? plugin_call(c_.origin("parameterization"), "target",
+                                                    [&] { return c_.parameterization->target(x0, x1, coef); })
+                                      : part(all.at.velocity);
     torch::Tensor output;
     {
       AutocastGuard autocast(bf16_, device);
-      output = model_.forward(x_t, t_k, condition);
+      output =
+          plugin_call(c_.origin("model"), "forward", [&] { return model_.forward(x_t, t_k, condition); });
     }
     if (output.scalar_type() != goal.scalar_type()) output = output.to(goal.scalar_type());
     torch::Tensor weight = weighting_(coef, t_k);
@@ -888,9 +920,24 @@ void restore(const Checkpoint& checkpoint, Trainer& trainer, LoopState& loop) {
 // on disk stays whole either way.
 volatile std::sig_atomic_t g_stop_signal = 0;
 
+// Writes a message from a signal handler (write(2) is async-signal-safe; stdio is not).
+void signal_safe_say(const char* text, std::size_t size) {
+  while (size > 0) {
+    const ssize_t written = ::write(STDERR_FILENO, text, size);
+    if (written <= 0) return;
+    text += written, size -= static_cast<std::size_t>(written);
+  }
+}
+
 extern "C" void on_stop_signal(int signal) {
-  if (g_stop_signal != 0) ::_exit(128 + signal);
+  if (g_stop_signal != 0) {
+    static const char again[] = "\npathline: a second signal: exiting at once\n";
+    signal_safe_say(again, sizeof(again) - 1);
+    ::_exit(128 + signal);
+  }
   g_stop_signal = signal;
+  static const char first[] = "\npathline: stopping after this step (a second signal exits at once)\n";
+  signal_safe_say(first, sizeof(first) - 1);
 }
 
 class SignalGuard {

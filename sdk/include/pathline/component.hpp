@@ -96,16 +96,31 @@ struct DataInfo {
   }
 };
 
+// Named tensors beside a batch's samples and labels, each [n, ...] (a mask, an embedding, a second
+// time): a new kind of condition is a new name, not a new SDK.
+using Extras = std::map<std::string, torch::Tensor>;
+
 // A batch of samples and their labels.
 struct Batch {
   torch::Tensor x;       // [n, *shape], float32
   torch::Tensor labels;  // [n], int64; undefined for unlabelled data
+  Extras extras = {};    // a data set's named extras, [n, ...] each; the trainer hands them to the model
 };
 
 // What a model is conditioned on besides (x, t).
 struct Condition {
   // [B] int64 class labels, kNullLabel for "unconditional"; undefined when the data is unlabelled.
   torch::Tensor labels;
+  // Named extra tensors, [B, ...] each: in training, the data set's Batch::extras (the rows of the
+  // micro-batch, on the model's device); when sampling, none. A model that reads one must do
+  // without it (or say so in an InputError) when it is absent.
+  Extras extras = {};
+
+  // The extra of that name, or nullptr.
+  const torch::Tensor* extra(const std::string& name) const {
+    auto found = extras.find(name);
+    return found == extras.end() ? nullptr : &found->second;
+  }
 };
 
 // Labels as rows of an embedding table with num_classes + 1 rows: kNullLabel (and an undefined
@@ -131,10 +146,16 @@ class Parameterization;
 // the data set and the path.
 struct BuildContext {
   DataInfo data;  // the target data set's; empty only while the data set itself is being built
+  // The space the flow runs in: the samples the source draws, the path joins and the model takes
+  // and returns. The data's own (`data`) unless a component between the data set and the model
+  // (an autoencoder) maps the data to another space; then metrics and pictures still see `data`.
+  // Models, paths, couplings and solvers read this one.
+  DataInfo flow;
   torch::Device device = torch::kCPU;
   std::uint64_t seed = 0;
   std::string slot;  // the config table being built: "dataset", "source", "model", "metric", ...
   std::shared_ptr<Dataset> dataset;                          // once built
+  std::shared_ptr<Dataset> source;                           // once built: the [source] slot's
   std::shared_ptr<const Path> path;                          // once built
   std::shared_ptr<const Parameterization> parameterization;  // once built
 };

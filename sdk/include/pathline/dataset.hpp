@@ -22,6 +22,14 @@ class PATHLINE_API Dataset {
   using State = std::map<std::string, torch::Tensor>;
   virtual State state() const { return {}; }
   virtual void set_state(const State& state) { (void)state; }
+
+  // The log-density of each sample of x ([n, *shape], float64 or float32) under this distribution,
+  // [n] float64; an undefined tensor when it has none (a data set of images). A source with a
+  // density makes the likelihood (metric `nll`) exact for it; the standard Gaussian has one.
+  virtual torch::Tensor log_prob(const torch::Tensor& x) const {
+    (void)x;
+    return {};
+  }
 };
 
 }  // namespace pathline

@@ -1,6 +1,7 @@
 // Kind `metric`: a number judging generated samples, against fresh samples of the data.
 #pragma once
 
+#include "pathline/dataset.hpp"
 #include "pathline/solver.hpp"
 
 namespace pathline {
@@ -21,6 +22,9 @@ struct MetricInput {
   // the parameterization's safe interval): where `field` may be evaluated.
   double t_start = 0.0, t_end = 1.0;
   at::Generator* generator = nullptr;  // for metrics that draw (projections, probes)
+  // The [source] the flow starts from: sampling starts at sigma_{t_start} x0 with x0 drawn from it.
+  // Its log_prob (when defined) is the density at the start of a likelihood's backward integration.
+  const Dataset* source = nullptr;
 };
 
 struct MetricResult {

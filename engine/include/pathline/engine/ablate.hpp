@@ -48,10 +48,16 @@ struct AblateOptions {
   bool dry_run = false;                      // plan, validate and print; run nothing
 };
 
+// What an ablation did: its directory, how many variants it has and how many of them failed.
+struct AblateResult {
+  std::filesystem::path dir;
+  std::size_t variants = 0, failed = 0;  // both 0 for a dry run
+};
+
 // `pathline ablate CONFIG`: runs what is not done yet (a re-run skips finished variants and resumes
 // unfinished trainings), writes results.csv, results.md, results.png and results.svg into the
-// ablation directory and returns it.
-PATHLINE_API std::filesystem::path ablate_job(const std::filesystem::path& file, const Registry& registry,
-                                              const AblateOptions& options, const Logger& log);
+// ablation directory and says how it went.
+PATHLINE_API AblateResult ablate_job(const std::filesystem::path& file, const Registry& registry,
+                                     const AblateOptions& options, const Logger& log);
 
 }  // namespace pathline

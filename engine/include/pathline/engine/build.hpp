@@ -1,12 +1,14 @@
 // Components from a validated config, in pipeline order.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "pathline/engine/config.hpp"
+#include "pathline/engine/plugin_call.hpp"
 
 namespace pathline {
 
@@ -15,26 +17,30 @@ struct BuiltMetric {
   std::string type;
   std::int64_t samples = 0;  // generated samples it judges; 0: all
   std::shared_ptr<Metric> metric;
+  ComponentOrigin origin;  // slot "metric.<name>"
 };
 
-// Every component of a pipeline, built from its config.
+// Every component of a pipeline, built from its config: one member per single slot of
+// PATHLINE_SLOTS (slots.hpp), named after its table (dataset, source, path, ..., time_grid), and the
+// metrics.
 struct Components {
-  std::shared_ptr<Dataset> dataset;
-  std::shared_ptr<Dataset> source;
-  std::shared_ptr<Path> path;
-  std::shared_ptr<Coupling> coupling;
-  std::shared_ptr<TimeSampler> time_sampler;
-  std::shared_ptr<Parameterization> parameterization;
-  std::shared_ptr<Model> model;
-  std::shared_ptr<Solver> solver;
-  std::shared_ptr<TimeGrid> time_grid;
+#define PATHLINE_SLOT_MEMBER(table, Interface, ...) std::shared_ptr<Interface> table;
+  PATHLINE_SLOTS(PATHLINE_SLOT_MEMBER)
+#undef PATHLINE_SLOT_MEMBER
   std::vector<BuiltMetric> metrics;
   BuildContext context;  // context.data: what the engine knows about the target data
   // What the user should know but chose (a solver whose steps the user set, missing the exact flow
   // by more than kMaxNoiseScaleError): `note:` lines for the command to print or log.
   std::vector<std::string> notes;
+  // Where each single slot's component came from (by slot table name), for plugin_call.
+  std::map<std::string, ComponentOrigin> origins;
 
   const DataInfo& data() const { return context.data; }
+  // The space the flow runs in (BuildContext::flow): the data's unless set otherwise.
+  const DataInfo& flow() const { return context.flow.shape.empty() ? context.data : context.flow; }
+  // The origin of a slot's component; one naming only the slot when it was not built from a config
+  // (components assembled by hand, in tests).
+  const ComponentOrigin& origin(const std::string& slot) const;
 };
 
 // Builds every slot in pipeline order; checks what only the built components can tell (the source

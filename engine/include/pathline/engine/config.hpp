@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "pathline/engine/registry.hpp"
+#include "pathline/engine/slots.hpp"
 
 namespace pathline {
 
@@ -22,8 +23,9 @@ class PATHLINE_API ConfigError : public InputError {
   std::vector<std::string> problems_;
 };
 
-// A slot is a table of the pipeline that a component fills. This is the one table of slots; the
-// validator, the resolved output, the builder and `pathline inspect` all read it.
+// A slot is a table of the pipeline that a component fills. pipeline_slots() is made from the one
+// table of slots (PATHLINE_SLOTS in slots.hpp); the validator, the resolved output, the builder,
+// checkpoints and `pathline inspect` all read it.
 struct SlotSpec {
   std::string table;         // "dataset", "source", "path", ..., "metric"
   Kind kind;                 // which registry it draws from
@@ -31,6 +33,9 @@ struct SlotSpec {
   bool required = false;
   bool many = false;  // a table [metric] or a list [[metric]] of zero or more entries
   std::string doc;
+  unsigned phases = 0;  // SlotPhase bits: the jobs that read it
+
+  bool read_by(SlotPhase phase) const { return (phases & phase) != 0; }
 };
 PATHLINE_API const std::vector<SlotSpec>& pipeline_slots();
 PATHLINE_API const SlotSpec* find_slot(const std::string& table);

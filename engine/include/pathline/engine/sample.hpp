@@ -21,6 +21,14 @@ class PATHLINE_API ModelField final : public VectorField {
 
   // The labels of the batch being integrated ([B] int64; undefined: unlabelled).
   void set_labels(torch::Tensor labels) { labels_ = std::move(labels); }
+  // Names the component in any exception the model's forward pass, the path's coefficients or the
+  // parameterization's conversion throws (plugin_call), from the origins of `c`, which must outlive
+  // the field; unset, exceptions pass unchanged.
+  void name_components(const Components& c) {
+    model_origin_ = &c.origin("model");
+    path_origin_ = &c.origin("path");
+    parameterization_origin_ = &c.origin("parameterization");
+  }
 
   torch::Tensor predict(Quantity q, const torch::Tensor& x, double t) override;
   PathCoefficients coefficients(double t) const override;
@@ -35,7 +43,13 @@ class PATHLINE_API ModelField final : public VectorField {
   double guidance_;
   bool bf16_;  // model evaluations under bfloat16 autocast
   torch::Tensor labels_;
+  const ComponentOrigin* model_origin_ = nullptr;
+  const ComponentOrigin* path_origin_ = nullptr;
+  const ComponentOrigin* parameterization_origin_ = nullptr;
   std::int64_t evaluations_ = 0;
+
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const Condition& condition);
+  PathCoefficients path_coefficients(const torch::Tensor& t) const;
 };
 
 // How much the conversion of a prediction of `from` into `to` multiplies its errors at time t on the

@@ -117,8 +117,14 @@ class PATHLINE_API Trainer {
   void load_legacy_state(torch::serialize::InputArchive& archive);
 
  private:
-  // One rank's share: source and target (coupled), times, labels after dropout (or undefined).
-  std::tuple<Batch, Batch, torch::Tensor, torch::Tensor> draw(at::Generator& gen, std::int64_t n);
+  // One rank's share of a batch: source and target points (coupled), times, labels after dropout
+  // (or undefined), the data set's extras, and the path's draw of x_t with its velocity target.
+  struct Draw {
+    torch::Tensor x0, x1, t, labels;
+    Extras extras;
+    PathSample at;
+  };
+  Draw draw(at::Generator& gen, std::int64_t n);
   // Data parallel: averages the gradients over the ranks (the buckets that the backward pass
   // started, then the rest); returns the mean loss; sets stop_agreed_.
   torch::Tensor average_over_ranks(const torch::Tensor& loss);
@@ -159,6 +165,7 @@ class PATHLINE_API Trainer {
   LossWeighting weighting_;
   std::int64_t batch_, rank_, accumulate_;
   double grad_clip_, ema_decay_, label_dropout_;
+  bool affine_path_;  // the path's sample() is the affine default: targets from the parameterization
   bool ema_warmup_, bf16_, skip_nonfinite_;
   std::int64_t fault_step_;  // PATHLINE_FAULT=kill-in-step:N (a testing aid), else -1
   std::int64_t step_ = 0, skipped_ = 0;
