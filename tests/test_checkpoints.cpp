@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,9 +15,8 @@
 #include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/pipeline.hpp"
+#include "process.hpp"
 #include "support/support.hpp"
-
-extern char** environ;
 
 namespace pathline {
 namespace {
@@ -100,29 +98,21 @@ class Checkpoints : public testing::FolderTest {
   }
 };
 
-// A child process we can signal: `pathline ARGS...` with stderr into a file.
+// A child process we can signal: `pathline ARGS...` with stderr into a file (the command line's own
+// process helper starts it).
 struct Child {
   pid_t pid = -1;
   fs::path err;
   Child(const std::vector<std::string>& args, const fs::path& err_file) : err(err_file) {
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 2, err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-    std::vector<std::string> all = {PATHLINE_CLI};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid, PATHLINE_CLI, &actions, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&actions);
+    process::Spec spec;
+    spec.program = PATHLINE_CLI;
+    spec.args = args;
+    spec.out = "/dev/null";
+    spec.err = err_file;
+    pid = process::spawn(spec);
   }
   // Waits; returns the exit code, or 128 + signal when killed by one.
-  int wait() {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
+  int wait() { return process::wait(pid).code; }
 };
 
 // Polls `done` every 2 ms for at most `limit`; false (and a test failure naming `what`) if it never

@@ -138,7 +138,9 @@ const std::vector<PathCase>& path_cases() {
 // Paths without a flow_matching scheduler, and why. (`linear` with sigma_min > 0 has none either:
 // flow_matching's CondOTScheduler is sigma_min = 0.)
 const std::map<std::string, std::string> kWithoutMetaScheduler = {
-    {"ve", "alpha_t = 1 is variance exploding; flow_matching 1.0.10 has no VE scheduler"}};
+    {"ve", "alpha_t = 1 is variance exploding; flow_matching 1.0.10 has no VE scheduler"},
+    {"stochastic_interpolant",
+     "not affine (x_t adds gamma_t z, drawn by Path::sample); flow_matching 1.0.10's schedulers are affine"}};
 
 // What a conversion divides by (Pathline floors each divisor at kMinDivisor, flow_matching does
 // not) and whether it uses the derivatives alpha', sigma'.

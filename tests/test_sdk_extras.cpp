@@ -145,7 +145,8 @@ Seen g_seen;
 class ExtrasModel final : public Model {
  public:
   ExtrasModel(const Params&, const BuildContext& ctx) {
-    layer_ = register_module("layer", torch::nn::Linear(ctx.flow.numel() + 1, ctx.flow.numel()));
+    layer_ =
+        register_module("layer", torch::nn::Linear(ctx.flow_space().numel() + 1, ctx.flow_space().numel()));
   }
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const Condition& condition) override {
     ++g_seen.calls;

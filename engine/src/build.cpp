@@ -38,7 +38,7 @@ std::string cuda_absence() {
 }
 
 torch::Device run_device(const PipelineConfig& config) {
-  const std::string& name = config.table("run").string("device");
+  const std::string& name = config.run.device;
   if (name == "cpu" || (name == "auto" && !cuda_visible())) return torch::Device(torch::kCPU);
   if (!cuda_visible())
     throw InputError(fmt::format("run.device = \"cuda\", but {}; use \"auto\" or \"cpu\"", cuda_absence()));
@@ -52,7 +52,7 @@ torch::Device run_device(const PipelineConfig& config) {
 }
 
 void apply_thread_setting(const PipelineConfig& config) {
-  std::int64_t threads = config.table("run").integer("threads");
+  std::int64_t threads = config.run.threads;
   if (threads <= 0) {
     // Data parallel: the ranks on this machine share its cores.
     int local = 1;
@@ -149,9 +149,8 @@ std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry&
 }
 
 void check_labels(const PipelineConfig& config, const DataInfo& data, const std::string& dataset_type) {
-  const Params& sp = config.table("sample");
-  const double guidance = sp.real("guidance_scale");
-  const auto& labels = sp.int_list("labels");
+  const double guidance = config.sample.guidance_scale;
+  const auto& labels = config.sample.labels;
   auto problem = [&](const std::string& key, const std::string& message) {
     return ConfigError({config.position_of(key) + ": " + message});
   };
@@ -285,7 +284,7 @@ void after_building(const std::string& slot, const PipelineConfig& config, Compo
 
 // Turns LibTorch's deterministic kernels on or off as [run] deterministic says (process-wide).
 void apply_determinism(const PipelineConfig& config) {
-  const bool on = config.table("run").boolean("deterministic");
+  const bool on = config.run.deterministic;
   if (on) {
     // cuBLAS shares its workspace between streams unless each gets a fixed size, and then its
     // results can change from run to run (cuBLAS documentation, "Results reproducibility"). LibTorch
@@ -306,7 +305,7 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   BuildContext& ctx = c.context;
   ctx.device = run_device(config);
   apply_determinism(config);
-  ctx.seed = static_cast<std::uint64_t>(config.table("run").integer("seed"));
+  ctx.seed = config.run.seed;
   // Parameter initialisation draws from LibTorch's global generator.
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));
 

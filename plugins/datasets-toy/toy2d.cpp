@@ -180,7 +180,7 @@ class StandardGaussian : public pathline::Dataset {
  public:
   StandardGaussian(const Params& p, const BuildContext& ctx) : shape_(p.int_list("shape")) {
     // As the source, it draws in the flow's space (the data's, or an autoencoder's latents).
-    if (shape_.empty()) shape_ = ctx.slot == "source" ? ctx.flow.shape : ctx.data.shape;
+    if (shape_.empty()) shape_ = ctx.slot == "source" ? ctx.flow_space().shape : ctx.data.shape;
     if (shape_.empty())
       throw pathline::InputError(
           "gaussian: the sample shape is unknown: set `shape` (e.g. shape = [2]) in the [" +

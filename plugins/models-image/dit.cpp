@@ -93,7 +93,8 @@ TORCH_MODULE(Block);
 
 class DiTModel : public Model {
  public:
-  DiTModel(const Params& p, const BuildContext& ctx) : data_(ctx.flow), num_classes_(ctx.flow.num_classes) {
+  DiTModel(const Params& p, const BuildContext& ctx)
+      : data_(ctx.flow_space()), num_classes_(ctx.flow_space().num_classes) {
     require_image("dit", data_);
     patch_ = p.integer("patch_size");
     const std::int64_t hidden = p.integer("hidden");

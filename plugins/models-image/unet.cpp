@@ -138,7 +138,8 @@ struct Level {
 
 class UNetModel : public Model {
  public:
-  UNetModel(const Params& p, const BuildContext& ctx) : data_(ctx.flow), num_classes_(ctx.flow.num_classes) {
+  UNetModel(const Params& p, const BuildContext& ctx)
+      : data_(ctx.flow_space()), num_classes_(ctx.flow_space().num_classes) {
     require_image("unet", data_);
     const std::int64_t channels = p.integer("channels");
     const std::vector<std::int64_t> mult = p.int_list("channel_mult");

@@ -25,15 +25,15 @@ torch::nn::AnyModule make_activation(const std::string& name) {
 
 class MlpModel : public pathline::Model {
  public:
-  MlpModel(const Params& p, const BuildContext& ctx) : num_classes_(ctx.flow.num_classes) {
+  MlpModel(const Params& p, const BuildContext& ctx) : num_classes_(ctx.flow_space().num_classes) {
     const std::int64_t width = p.integer("width");
     const std::int64_t depth = p.integer("depth");
     const std::int64_t embedding = p.integer("time_embedding");
     if (embedding % 2 != 0)  // the config validator checks this first (multiple_of(2))
       throw pathline::InputError("mlp: time_embedding must be even, got " + std::to_string(embedding));
-    if (ctx.flow.shape.empty())
+    if (ctx.flow_space().shape.empty())
       throw pathline::InputError("mlp: the data shape is unknown (the model is built after the [dataset])");
-    const std::int64_t dim = ctx.flow.numel();
+    const std::int64_t dim = ctx.flow_space().numel();
 
     // Sinusoidal time features sin(w_k t), cos(w_k t) with angular frequencies w_k geometric from
     // 1 to 1000 (Vaswani et al. 2017, as used for diffusion time by Ho et al. 2020). cos is

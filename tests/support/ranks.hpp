@@ -16,6 +16,8 @@
 #include <string>
 #include <thread>
 
+#include "process.hpp"
+
 namespace pathline::testing {
 
 // torchrun's variables for rank `rank` of `world` on this one machine (LOCAL_RANK = RANK).
@@ -58,10 +60,6 @@ inline int start_rank_zero(int world, const std::string& args, const std::filesy
 }
 
 // Waits for `pid`; its exit status, or 128 + the signal that ended it.
-inline int wait_exit(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+inline int wait_exit(pid_t pid) { return process::wait(pid).code; }
 
 }  // namespace pathline::testing

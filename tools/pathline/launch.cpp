@@ -17,6 +17,7 @@
 
 #include "cli.hpp"
 #include "pathline/engine/distributed.hpp"
+#include "process.hpp"
 
 extern char** environ;
 
@@ -103,37 +104,20 @@ int cmd_launch(const std::string& name, const std::vector<std::string>& args) {
   std::vector<pid_t> pids(static_cast<std::size_t>(nproc), -1);
   for (int local = 0; local < nproc; ++local) {
     const int rank = node * nproc + local;
-    std::vector<std::string> env;
-    for (char** e = environ; *e; ++e) {
-      const std::string entry = *e;
-      const std::string name = entry.substr(0, entry.find('='));
-      if (name != "RANK" && name != "WORLD_SIZE" && name != "LOCAL_RANK" && name != "LOCAL_WORLD_SIZE" &&
-          name != "MASTER_ADDR" && name != "MASTER_PORT" && name != "GROUP_RANK")
-        env.push_back(entry);
-    }
-    for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
-             {"RANK", std::to_string(rank)},
-             {"WORLD_SIZE", std::to_string(world)},
-             {"LOCAL_RANK", std::to_string(local)},
-             {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
-             {"GROUP_RANK", std::to_string(node)},
-             {"MASTER_ADDR", (*vm)["master-addr"].as<std::string>()},
-             {"MASTER_PORT", std::to_string(port)}})
-      env.push_back(name + "=" + value);
-    std::vector<std::string> argv_text = {"pathline"};
-    argv_text.insert(argv_text.end(), command.begin(), command.end());
-    std::vector<char*> argv, envp;
-    for (auto& a : argv_text) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    for (auto& e : env) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    const int err = ::posix_spawn(&pids[static_cast<std::size_t>(local)], "/proc/self/exe", nullptr, nullptr,
-                                  argv.data(), envp.data());
-    if (err != 0) {
-      for (pid_t pid : pids)
-        if (pid > 0) ::kill(pid, SIGTERM);
-      throw std::runtime_error(std::string("cannot start rank ") + std::to_string(rank) + ": " +
-                               std::strerror(err));
+    process::Spec spec;
+    spec.program = "/proc/self/exe";
+    spec.argv0 = "pathline";
+    spec.args = command;
+    spec.set_env = {
+        "RANK=" + std::to_string(rank),        "WORLD_SIZE=" + std::to_string(world),
+        "LOCAL_RANK=" + std::to_string(local), "LOCAL_WORLD_SIZE=" + std::to_string(nproc),
+        "GROUP_RANK=" + std::to_string(node),  "MASTER_ADDR=" + (*vm)["master-addr"].as<std::string>(),
+        "MASTER_PORT=" + std::to_string(port)};
+    try {
+      pids[static_cast<std::size_t>(local)] = process::spawn(spec);
+    } catch (const std::runtime_error& e) {
+      process::signal_all(pids, SIGTERM);
+      throw std::runtime_error("cannot start rank " + std::to_string(rank) + ": " + e.what());
     }
   }
 
@@ -145,36 +129,28 @@ int cmd_launch(const std::string& name, const std::vector<std::string>& args) {
       const int sig = g_forward_signal;
       g_forward_signal = 0;
       forwarded = true;
-      for (pid_t pid : pids)
-        if (pid > 0) ::kill(pid, sig);
+      process::signal_all(pids, sig);
     }
-    int status = 0;
-    const pid_t done = ::waitpid(-1, &status, WNOHANG);
-    if (done > 0) {
-      auto it = std::find(pids.begin(), pids.end(), done);
+    if (const auto done = process::wait_any(/*block=*/false)) {
+      auto it = std::find(pids.begin(), pids.end(), done->pid);
       if (it == pids.end()) continue;
       const int rank = node * nproc + static_cast<int>(it - pids.begin());
       *it = -1;
       --running;
-      const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      if (code != 0 && result == 0) {
-        result = code;
+      if (done->code != 0 && result == 0) {
+        result = done->code;
         if (!forwarded)
-          std::cerr << "pathline launch: rank " << rank << " exited with status " << code
-                    << (WIFSIGNALED(status)
-                            ? std::string(" (signal ") + std::to_string(WTERMSIG(status)) + ")"
-                            : "")
+          std::cerr << "pathline launch: rank " << rank << " exited with status " << done->code
+                    << (done->signal ? " (signal " + std::to_string(done->signal) + ")" : std::string())
                     << (running > 0 ? "; stopping the other ranks" : "") << "\n";
-        for (pid_t pid : pids)
-          if (pid > 0) ::kill(pid, SIGTERM);
+        process::signal_all(pids, SIGTERM);
         stopping = true;
         stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
       }
       continue;
     }
     if (stopping && std::chrono::steady_clock::now() > stop_deadline) {
-      for (pid_t pid : pids)
-        if (pid > 0) ::kill(pid, SIGKILL);
+      process::signal_all(pids, SIGKILL);
       stop_deadline = std::chrono::steady_clock::time_point::max();
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

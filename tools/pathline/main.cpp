@@ -18,6 +18,7 @@
 #include "pathline/engine/bench.hpp"
 #include "pathline/engine/build.hpp"
 #include "pathline/engine/io.hpp"
+#include "process.hpp"
 
 using namespace pathline;
 using namespace pathline::cli;
@@ -107,10 +108,12 @@ Results: <run.dir>/<config stem>-ablation/results.csv, results.md, results.png a
 int cmd_inspect(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("what", po::value<std::vector<std::string>>(),
-                        "KIND NAME, KIND.NAME or an engine table");
+                        "KIND NAME, KIND.NAME or an engine table")(
+      "markdown", "an engine table's keys as the Markdown table of docs/pipeline.md");
   po::positional_options_description positional;
   positional.add("what", -1);
-  auto vm = parse(name, args, options, positional, "KIND NAME | KIND.NAME | run|train|sample|eval|ablation");
+  auto vm = parse(name, args, options, positional,
+                  "KIND NAME | KIND.NAME | run|train|sample|eval [--markdown] | ablation");
   if (!vm) return kOk;
   std::vector<std::string> what =
       vm->count("what") ? (*vm)["what"].as<std::vector<std::string>>() : std::vector<std::string>{};
@@ -124,6 +127,10 @@ int cmd_inspect(const std::string& name, const std::vector<std::string>& args) {
   }
   if (what.size() == 1 &&
       std::find(kEngineTables.begin(), kEngineTables.end(), what[0]) != kEngineTables.end()) {
+    if (vm->count("markdown")) {
+      std::cout << settings_markdown(engine_table_specs(what[0]));
+      return kOk;
+    }
     std::cout << "[" << what[0] << "] (engine table)\n\nParameters:\n";
     print_params(engine_table_specs(what[0]));
     return kOk;
@@ -211,6 +218,26 @@ int cmd_run(const std::string& command, const std::vector<std::string>& args) {
   return kOk;
 }
 
+// Runs an ablation's children as `pathline` processes (this very executable), stderr into their logs.
+class ProcessRunner final : public ChildRunner {
+ public:
+  long start(const std::vector<std::string>& args, const std::filesystem::path& log) override {
+    process::Spec spec;
+    spec.program = "/proc/self/exe";
+    spec.argv0 = std::filesystem::read_symlink("/proc/self/exe").string();
+    spec.args = args;
+    spec.out = "/dev/null";
+    spec.err = log;
+    return process::spawn(spec);
+  }
+  Finished finished() override {
+    const auto done = process::wait_any();
+    if (!done) return {};
+    return {done->pid, done->code == 0,
+            done->signal ? fmt::format("killed by signal {}", done->signal) : std::string()};
+  }
+};
+
 int cmd_ablate(const std::string& name, const std::vector<std::string>& args) {
   po::options_description options("Options");
   options.add_options()("config", po::value<std::string>(), "pipeline TOML file with an [ablation] table")(
@@ -235,7 +262,8 @@ int cmd_ablate(const std::string& name, const std::vector<std::string>& args) {
   ablate.jobs = jobs;
   if (vm->count("out")) ablate.out = (*vm)["out"].as<std::string>();
   ablate.dry_run = vm->count("dry-run") > 0;
-  ablate.executable = std::filesystem::read_symlink("/proc/self/exe");
+  ProcessRunner runner;
+  ablate.runner = &runner;
   if (vm->count("plugin-dir")) ablate.plugin_dirs = (*vm)["plugin-dir"].as<std::vector<std::string>>();
   const AblateResult result = ablate_job(file, s.registry, ablate, stderr_logger());
   if (!result.dir.empty()) std::cout << result.dir.string() << "\n";

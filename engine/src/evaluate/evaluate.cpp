@@ -9,20 +9,18 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
   std::vector<MetricRecord> records;
   if (c.metrics.empty()) return records;
   const std::int64_t n = samples.size(0);
-  std::int64_t reference_n = config.table("eval").integer("reference_n");
+  std::int64_t reference_n = config.eval.reference_n;
   if (reference_n == 0) reference_n = n;
   // One reference draw for every metric, from its own stream: changing the metrics never changes
   // what each one is compared with.
-  at::Generator gen =
-      make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::eval);
+  at::Generator gen = make_generator(config.run.seed, Stream::eval);
   Batch reference = plugin_call(c.origin("dataset"), "drawing the reference",
                                 [&] { return c.dataset->sample(reference_n, gen); });
 
   const SamplingInterval interval = sampling_interval(config, c);
   c10::InferenceMode inference;
   const std::int64_t rank = static_cast<std::int64_t>(c.flow().shape.size()) + 1;
-  ModelField field(*c.model, *c.path, *c.parameterization, rank,
-                   config.table("sample").real("guidance_scale"));
+  ModelField field(*c.model, *c.path, *c.parameterization, rank, config.sample.guidance_scale);
   field.name_components(c);
   for (auto& m : c.metrics) {
     const std::int64_t used = m.samples > 0 ? std::min(m.samples, n) : n;

@@ -1,12 +1,7 @@
 #include "pathline/engine/ablate.hpp"
 
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <toml++/toml.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,8 +15,6 @@
 #include "pathline/engine/checkpoint.hpp"
 #include "pathline/engine/io.hpp"
 #include "pathline/plot/plot.hpp"
-
-extern char** environ;
 
 namespace pathline {
 
@@ -453,23 +446,6 @@ struct Task {
   double seconds = 0.0;
 };
 
-pid_t spawn(const fs::path& executable, const std::vector<std::string>& args, const fs::path& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> all = {executable.string()};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int err = posix_spawn(&pid, executable.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) throw Error(fmt::format("{}: cannot start: {}", executable.string(), std::strerror(err)));
-  return pid;
-}
-
 // The last line of a child's log that says what went wrong.
 std::string last_error(const fs::path& log) {
   std::string text;
@@ -823,9 +799,8 @@ AblateResult ablate_job(const fs::path& file, const Registry& registry, const Ab
   ConfigOptions base_options;
   base_options.overrides = options.overrides;
   const PipelineConfig base = load_config(file, registry, base_options);
-  const fs::path dir = options.out
-                           ? *options.out
-                           : fs::path(base.table("run").string("dir")) / (file.stem().string() + "-ablation");
+  const fs::path dir =
+      options.out ? *options.out : fs::path(base.run.dir) / (file.stem().string() + "-ablation");
   const int jobs = std::max(1, options.jobs);
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = std::max(1, cores / jobs);
@@ -842,6 +817,7 @@ AblateResult ablate_job(const fs::path& file, const Registry& registry, const Ab
                         plan.variants[i].training.substr(0, 8)));
     return {dir, 0, 0};
   }
+  if (!options.runner) throw Error("ablate: no runner to start the trainings and samplings with");
   std::error_code ec;
   fs::create_directories(dir / "logs", ec);
   if (ec) throw InputError(dir.string() + ": cannot create the ablation directory: " + ec.message());
@@ -905,7 +881,7 @@ AblateResult ablate_job(const fs::path& file, const Registry& registry, const Ab
 
   // The scheduler: up to `jobs` children; a sampling waits for its training.
   std::vector<int> state(tasks.size(), 0);  // 0 waiting, 1 running, 2 done
-  std::map<pid_t, std::size_t> running;
+  std::map<long, std::size_t> running;
   std::map<std::size_t, Clock::time_point> started;
   const auto start = Clock::now();
   std::size_t finished = 0;
@@ -933,16 +909,12 @@ AblateResult ablate_job(const fs::path& file, const Registry& registry, const Ab
       }
       state[k] = 1;
       started[k] = Clock::now();
-      running[spawn(options.executable, t.args, t.log)] = k;
+      running[options.runner->start(t.args, t.log)] = k;
     }
     if (running.empty()) continue;
-    int status = 0;
-    pid_t pid = ::waitpid(-1, &status, 0);
-    if (pid < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    auto it = running.find(pid);
+    const ChildRunner::Finished child = options.runner->finished();
+    if (child.id < 0) break;
+    auto it = running.find(child.id);
     if (it == running.end()) continue;
     const std::size_t k = it->second;
     running.erase(it);
@@ -951,11 +923,10 @@ AblateResult ablate_job(const fs::path& file, const Registry& registry, const Ab
     busy_seconds += t.seconds;
     state[k] = 2;
     ++finished;
-    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    const bool ok = child.ok;
     if (!ok) {
       t.failed = true;
-      t.error =
-          WIFSIGNALED(status) ? fmt::format("killed by signal {}", WTERMSIG(status)) : last_error(t.log);
+      t.error = !child.failure.empty() ? child.failure : last_error(t.log);
     }
     const double eta = busy_seconds / static_cast<double>(finished) *
                        static_cast<double>(tasks.size() - finished) / static_cast<double>(jobs);

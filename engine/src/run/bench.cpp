@@ -60,14 +60,14 @@ std::string bench_train(const PipelineConfig& config, const Registry& registry, 
   apply_thread_setting(config);
   Components c = build_components(config, registry);
   Trainer trainer(config, c);
-  const Params& tp = config.table("train");
+  const TrainSettings& tp = config.train;
   std::vector<double> losses;
   for (std::int64_t k = 0; k < options.warmup; ++k) trainer.step();
   const auto start = Clock::now();
   for (std::int64_t k = 0; k < options.steps; ++k) losses.push_back(trainer.step().item<double>());
   const double seconds = seconds_since(start);
   const double steps_per_s = static_cast<double>(options.steps) / seconds;
-  const double samples_per_s = steps_per_s * static_cast<double>(tp.integer("batch_size"));
+  const double samples_per_s = steps_per_s * static_cast<double>(tp.batch_size);
   std::int64_t parameters = 0;
   for (const auto& p : c.model->parameters()) parameters += p.numel();
   const double macs = c.model->macs_per_sample();
@@ -86,8 +86,8 @@ std::string bench_train(const PipelineConfig& config, const Registry& registry, 
               {"gflops", 3.0 * 2.0 * macs * samples_per_s / 1e9},
               {"macs_per_sample", macs},
               {"parameters", parameters},
-              {"batch_size", tp.integer("batch_size")},
-              {"precision", tp.string("precision")},
+              {"batch_size", tp.batch_size},
+              {"precision", tp.precision},
               {"fused_optimizer", trainer.fused()},
               {"first_loss", losses.empty() ? 0.0 : losses.front()},
               {"last_loss", mean_of_last(20)},
@@ -106,7 +106,7 @@ std::string bench_sample(const PipelineConfig& config, const Registry& registry,
   const auto start = Clock::now();
   for (std::int64_t k = 0; k < options.repeats; ++k) result = sample(config, c);
   const double seconds = seconds_since(start);
-  const std::int64_t n = config.table("sample").integer("n");
+  const std::int64_t n = config.sample.n;
   const double samples_per_s = static_cast<double>(n * options.repeats) / seconds;
   const double macs = c.model->macs_per_sample();
   nlohmann::json out = common("sample");

@@ -37,11 +37,11 @@ fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::pa
       throw InputError(dir.string() +
                        ": the run directory exists and is not empty; pass --overwrite to replace it");
   } else {
-    const Params& run = config.table("run");
-    std::string name = run.string("name");
+    const RunSettings& run = config.run;
+    std::string name = run.name;
     if (name.empty()) name = config.source.stem().string();
     if (name.empty()) name = "run";
-    fs::path base = fs::path(run.string("dir")) / name;
+    fs::path base = fs::path(run.dir) / name;
     dir = base;
     for (int i = 2; !overwrite && !is_empty_or_missing(dir); ++i)
       dir = base.string() + "-" + std::to_string(i);
@@ -221,8 +221,7 @@ void write_pictures(const PipelineConfig& config, Components& c, const fs::path&
   }
   // 2D data (the first two coordinates of anything flat), drawn as charts unless this build has none.
   if (data.shape.size() != 1 || data.shape[0] < 2 || !plot::available()) return;
-  at::Generator gen =
-      make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::plot);
+  at::Generator gen = make_generator(config.run.seed, Stream::plot);
   torch::Tensor reference = plugin_call(c.origin("dataset"), "drawing the reference", [&] {
                               return c.dataset->sample(std::min<std::int64_t>(s.samples.size(0), 20000), gen);
                             }).x;
@@ -343,8 +342,8 @@ SampleResult sample_logged(const PipelineConfig& config, Components& c, const Lo
       log(text);
     }
   };
-  const std::int64_t n = noise.defined() ? noise.size(0) : config.table("sample").integer("n");
-  const bool batches = n > config.table("sample").integer("batch_size");
+  const std::int64_t n = noise.defined() ? noise.size(0) : config.sample.n;
+  const bool batches = n > config.sample.batch_size;
   SampleResult s = sample(config, c, batches ? progress : SampleProgress(), noise);
   if (log)
     log(fmt::format("sample: {} samples, solver {} {} from t = {} to {}{} ({} NFE) in {:.2f}s",
@@ -367,7 +366,7 @@ SampleResult sample_logged(const PipelineConfig& config, Components& c, const Lo
               {"final_denoise", s.interval.denoise},
               {"nfe", s.nfe},
               {"solver_statistics", s.solver_statistics},
-              {"guidance_scale", config.table("sample").real("guidance_scale")},
+              {"guidance_scale", config.sample.guidance_scale},
               {"seconds", number(s.seconds)}};
   return s;
 }
@@ -411,7 +410,7 @@ LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
     load_weights(*c.model, *weights_file);
     weights = weights_file->string();
   } else if (c.model->trainable()) {
-    weights = run_weights_file(run_dir, config.table("sample").boolean("use_ema"));
+    weights = run_weights_file(run_dir, config.sample.use_ema);
     load_weights(*c.model, run_dir / weights);
   }
   return {std::move(config), std::move(c), weights};
@@ -467,13 +466,44 @@ namespace {
 std::unique_ptr<DataParallel> join_ranks(const PipelineConfig& config, const Logger& log) {
   const WorldInfo world = world_from_environment();
   if (!world.distributed()) return nullptr;
-  const auto timeout =
-      std::chrono::milliseconds(static_cast<std::int64_t>(1000.0 * config.table("run").real("timeout")));
+  const auto timeout = std::chrono::milliseconds(static_cast<std::int64_t>(1000.0 * config.run.timeout));
   auto group = std::make_unique<DataParallel>(world, timeout, run_device(config));
   if (log && world.rank == 0)
     log(fmt::format("data parallel: {} ranks ({} on this machine) through {}:{}", world.world_size,
                     world.local_world_size, world.master_addr, world.master_port));
   return group;
+}
+
+}  // namespace
+
+namespace {
+
+// The one core of `run`, `train` and `resume`: every rank but 0 trains its share and leaves the
+// files, the sampling and the metrics to rank 0; rank 0 gets its run directory from `make_dir`,
+// says what runs where, writes the resolved config, trains (from `checkpoint` when resuming) and
+// finishes the run directory.
+fs::path train_run(const PipelineConfig& config, Components& c, DataParallel* group,
+                   const std::function<fs::path()>& make_dir, const Checkpoint* checkpoint, bool do_sample,
+                   bool handle_signals, const Logger& log) {
+  TrainOptions options;
+  options.resume_from = checkpoint;
+  options.handle_signals = handle_signals;
+  options.data_parallel = group;
+  if (group && group->world().rank != 0) {
+    train(config, c, {}, Logger(), options);
+    return {};
+  }
+  const fs::path dir = make_dir();
+  if (log) {
+    log("run directory: " + dir.string());
+    log(describe_model(config, c));
+    log(describe_platform(c));
+  }
+  write_file_atomic(dir / "config.toml", config.to_toml());
+  options.live = live_progress();
+  TrainResult trained = train(config, c, dir, log, options);
+  finish_run(config, c, dir, trained, do_sample, log);
+  return dir;
 }
 
 }  // namespace
@@ -485,27 +515,13 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
   Components c = build_components(config, registry);
   if (log && (!group || group->world().rank == 0))
     for (const auto& note : c.notes) log("note: " + note);
-  if (group && group->world().rank != 0) {
-    // Every rank but 0 trains its share and leaves the files, the sampling and the metrics to rank 0.
-    TrainOptions rank_options;
-    rank_options.handle_signals = options.handle_signals;
-    rank_options.data_parallel = group.get();
-    train(config, c, {}, Logger(), rank_options);
-    return {};
-  }
-  fs::path dir = create_run_dir(config, options.run_dir, options.overwrite);
-  if (log) log("run directory: " + dir.string());
-  if (log) log(describe_model(config, c));
-  if (log) log(describe_platform(c));
-  write_file_atomic(dir / "config.toml", config.to_toml());
-  write_file_atomic(dir / "job.json", json{{"command", options.do_sample ? "run" : "train"}}.dump(2) + "\n");
-  TrainOptions train_options;
-  train_options.live = live_progress();
-  train_options.handle_signals = options.handle_signals;
-  train_options.data_parallel = group.get();
-  TrainResult trained = train(config, c, dir, log, train_options);
-  finish_run(config, c, dir, trained, options.do_sample, log);
-  return dir;
+  auto make_dir = [&] {
+    fs::path dir = create_run_dir(config, options.run_dir, options.overwrite);
+    write_file_atomic(dir / "job.json",
+                      json{{"command", options.do_sample ? "run" : "train"}}.dump(2) + "\n");
+    return dir;
+  };
+  return train_run(config, c, group.get(), make_dir, nullptr, options.do_sample, options.handle_signals, log);
 }
 
 fs::path resume_job(const fs::path& run_dir, const Registry& registry, const ResumeOptions& options,
@@ -515,13 +531,13 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
   ConfigOptions config_options;
   config_options.overrides = options.overrides;
   PipelineConfig config = load_config(run_dir / "config.toml", registry, config_options);
-  const Params& tp = config.table("train");
+  const TrainSettings& tp = config.train;
   apply_thread_setting(config);
   std::unique_ptr<DataParallel> group = join_ranks(config, log);
   const bool rank_zero = !group || group->world().rank == 0;
   // Data parallel: rank 0 checks the checkpoints (and renames corrupt ones) first; the others then
   // read the one it chose, from the same folder.
-  CheckpointStore store(run_dir, tp.integer("keep_checkpoints"));
+  CheckpointStore store(run_dir, tp.keep_checkpoints);
   if (rank_zero) store.remove_temporaries();
   std::optional<Checkpoint> checkpoint;
   if (rank_zero) checkpoint = store.latest_good(log);
@@ -551,33 +567,16 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
       throw InputError((run_dir / "job.json").string() + ": not valid JSON: " + e.what());
     }
   }
-  if (checkpoint && checkpoint->step >= tp.integer("steps") && fs::exists(run_dir / "summary.json", ec)) {
+  if (checkpoint && checkpoint->step >= tp.steps && fs::exists(run_dir / "summary.json", ec)) {
     if (log && rank_zero)
       log(fmt::format("resume: {} is complete ({} steps trained); nothing to do", run_dir.string(),
                       checkpoint->step));
     return rank_zero ? run_dir : fs::path();
   }
   Components c = build_components(config, registry);
-  if (!rank_zero) {
-    TrainOptions rank_options;
-    rank_options.resume_from = checkpoint ? &*checkpoint : nullptr;
-    rank_options.handle_signals = options.handle_signals;
-    rank_options.data_parallel = group.get();
-    train(config, c, {}, Logger(), rank_options);
-    return {};
-  }
-  if (log) log("run directory: " + run_dir.string());
-  if (log) log(describe_model(config, c));
-  if (log) log(describe_platform(c));
-  write_file_atomic(run_dir / "config.toml", config.to_toml());
-  TrainOptions train_options;
-  train_options.resume_from = checkpoint ? &*checkpoint : nullptr;
-  train_options.live = live_progress();
-  train_options.handle_signals = options.handle_signals;
-  train_options.data_parallel = group.get();
-  TrainResult trained = train(config, c, run_dir, log, train_options);
-  finish_run(config, c, run_dir, trained, do_sample, log);
-  return run_dir;
+  return train_run(
+      config, c, group.get(), [&] { return run_dir; }, checkpoint ? &*checkpoint : nullptr, do_sample,
+      options.handle_signals, log);
 }
 
 fs::path sample_job(const fs::path& run_dir, const Registry& registry,

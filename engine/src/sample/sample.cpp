@@ -190,7 +190,7 @@ double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path,
 }
 
 SamplingInterval sampling_interval(const PipelineConfig& config, const Components& c) {
-  const Params& sp = config.table("sample");
+  const SampleSettings& sp = config.sample;
   auto [safe_start, safe_end] = c.parameterization->safe_interval(*c.path);
   // Every quantity the solver asks for must follow from the model's prediction without blowing its
   // errors up: a data-prediction solver (dpmpp_2m) on a velocity model of a path whose velocity says
@@ -212,9 +212,9 @@ SamplingInterval sampling_interval(const PipelineConfig& config, const Component
     safe_end = std::min(safe_end, safe->second);
   }
   SamplingInterval interval;
-  interval.t_start = sp.real_or("t_start", safe_start);
-  interval.t_end = sp.real_or("t_end", safe_end);
-  const std::string& final_step = sp.string("final_step");
+  interval.t_start = sp.t_start.value_or(safe_start);
+  interval.t_end = sp.t_end.value_or(safe_end);
+  const std::string& final_step = sp.final_step;
   interval.denoise = final_step == "denoise" ||
                      (final_step == "auto" && interval.t_end < 1.0 && interval.t_start < interval.t_end);
   if (interval.t_start == interval.t_end)
@@ -230,7 +230,7 @@ SamplingInterval sampling_interval(const PipelineConfig& config, const Component
 
 torch::Tensor sampling_labels(const PipelineConfig& config, const DataInfo& data, std::int64_t n) {
   if (!data.labelled()) return {};
-  std::vector<std::int64_t> cycle = config.table("sample").int_list("labels");
+  std::vector<std::int64_t> cycle = config.sample.labels;
   if (cycle.empty())
     for (std::int64_t k = 0; k < data.num_classes; ++k) cycle.push_back(k);
   torch::Tensor values = torch::tensor(cycle, torch::kInt64);
@@ -253,19 +253,17 @@ void check_noise(const torch::Tensor& noise, const DataInfo& data) {
 
 SampleResult sample(const PipelineConfig& config, Components& c, const SampleProgress& progress,
                     const torch::Tensor& noise) {
-  const Params& sp = config.table("sample");
-  const std::int64_t n = noise.defined() ? noise.size(0) : sp.integer("n");
+  const SampleSettings& sp = config.sample;
+  const std::int64_t n = noise.defined() ? noise.size(0) : sp.n;
   if (noise.defined()) check_noise(noise, c.flow());
-  const std::int64_t batch = std::min(n, sp.integer("batch_size"));
-  const std::int64_t traj_count = std::min(batch, sp.integer("trajectories"));
-  at::Generator gen =
-      make_generator(static_cast<std::uint64_t>(config.table("run").integer("seed")), Stream::sample);
+  const std::int64_t batch = std::min(n, sp.batch_size);
+  const std::int64_t traj_count = std::min(batch, sp.trajectories);
+  at::Generator gen = make_generator(config.run.seed, Stream::sample);
 
   c10::InferenceMode inference;
   c.model->eval();
   const std::int64_t rank = static_cast<std::int64_t>(c.flow().shape.size()) + 1;
-  ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.real("guidance_scale"),
-                   wants_bf16(sp.string("precision")));
+  ModelField field(*c.model, *c.path, *c.parameterization, rank, sp.guidance_scale, sp.bf16());
   field.name_components(c);
 
   SampleResult result;

@@ -149,7 +149,7 @@ struct BuildContext {
   // The space the flow runs in: the samples the source draws, the path joins and the model takes
   // and returns. The data's own (`data`) unless a component between the data set and the model
   // (an autoencoder) maps the data to another space; then metrics and pictures still see `data`.
-  // Models, paths, couplings and solvers read this one.
+  // Models, paths, couplings and solvers read it through flow_space().
   DataInfo flow;
   torch::Device device = torch::kCPU;
   std::uint64_t seed = 0;
@@ -158,6 +158,10 @@ struct BuildContext {
   std::shared_ptr<Dataset> source;                           // once built: the [source] slot's
   std::shared_ptr<const Path> path;                          // once built
   std::shared_ptr<const Parameterization> parameterization;  // once built
+
+  // The space the flow runs in: `flow`, or `data` when `flow` was left empty (a context filled by
+  // hand, as tests do).
+  const DataInfo& flow_space() const { return flow.shape.empty() ? data : flow; }
 };
 
 // Builds a component from its validated parameters.

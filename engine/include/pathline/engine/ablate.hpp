@@ -39,11 +39,27 @@ struct AblationPlan {
 PATHLINE_API AblationPlan plan_ablation(const std::filesystem::path& file, const Registry& registry,
                                         const std::vector<std::string>& overrides);
 
+// Starts and waits for the `pathline` children an ablation runs (a training or a sampling each).
+// The command line supplies one; the engine starts no processes itself.
+class ChildRunner {
+ public:
+  virtual ~ChildRunner() = default;
+  // Starts `pathline ARGS...` with its stderr written to `log`; returns an id for finished().
+  virtual long start(const std::vector<std::string>& args, const std::filesystem::path& log) = 0;
+  struct Finished {
+    long id = -1;
+    bool ok = false;
+    std::string failure;  // "killed by signal 9", or "" (the child's log says why)
+  };
+  // Waits until one started child ends; id -1 when none is running.
+  virtual Finished finished() = 0;
+};
+
 struct AblateOptions {
   std::vector<std::string> overrides;
   int jobs = 1;                              // concurrent child processes
   std::optional<std::filesystem::path> out;  // default: <run.dir>/<config stem>-ablation
-  std::filesystem::path executable;          // the pathline CLI, run for each training and sampling
+  ChildRunner* runner = nullptr;             // runs each training and sampling (not needed for a dry run)
   std::vector<std::string> plugin_dirs;      // passed on to the children
   bool dry_run = false;                      // plan, validate and print; run nothing
 };

@@ -37,7 +37,7 @@ struct Components {
 
   const DataInfo& data() const { return context.data; }
   // The space the flow runs in (BuildContext::flow): the data's unless set otherwise.
-  const DataInfo& flow() const { return context.flow.shape.empty() ? context.data : context.flow; }
+  const DataInfo& flow() const { return context.flow_space(); }
   // The origin of a slot's component; one naming only the slot when it was not built from a config
   // (components assembled by hand, in tests).
   const ComponentOrigin& origin(const std::string& slot) const;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "pathline/engine/registry.hpp"
+#include "pathline/engine/settings.hpp"
 #include "pathline/engine/slots.hpp"
 
 namespace pathline {
@@ -65,6 +66,11 @@ struct PipelineConfig {
   std::map<std::string, ComponentConfig> components;          // every single slot, by table name
   std::map<std::string, std::vector<ComponentConfig>> lists;  // every `many` slot, by table name
   std::map<std::string, Params> engine;                       // "run", "train", "sample", "eval"
+  // The same four tables, typed (settings.hpp): what the engine reads.
+  RunSettings run;
+  TrainSettings train;
+  SampleSettings sample;
+  EvalSettings eval;
   // What validation did that the user may not expect (keys dropped by a --set X.type=...), one line
   // each; `pathline validate` prints them.
   std::vector<std::string> notes;
@@ -80,6 +86,9 @@ struct PipelineConfig {
   }
   const std::vector<ComponentConfig>& metrics() const;
   const Params& table(const std::string& name) const { return engine.at(name); }
+  // Reads the typed settings from the engine tables (validation does; after changing `engine`, call
+  // it again).
+  void read_settings();
   // The resolved config as TOML, every default written out: a run is reproducible from it alone.
   std::string to_toml() const;
 };

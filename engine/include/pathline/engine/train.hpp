@@ -24,7 +24,8 @@ struct LearningRateSchedule {
   double base = 1e-3;
   std::int64_t warmup = 0, steps = 0;
   Shape shape = Shape::constant;
-  explicit LearningRateSchedule(const Params& train);
+  explicit LearningRateSchedule(const TrainSettings& train);
+  explicit LearningRateSchedule(const Params& train);  // a [train] table's values
   double at(std::int64_t step) const;
 };
 
@@ -54,6 +55,7 @@ PATHLINE_API const std::map<std::string, LossWeighting>& loss_weightings();
 // data sets' own state.
 class FusedAdam;
 class DataParallel;
+struct GradientBuckets;
 
 class PATHLINE_API Trainer {
  public:
@@ -130,16 +132,6 @@ class PATHLINE_API Trainer {
   torch::Tensor average_over_ranks(const torch::Tensor& loss);
   void on_gradient(std::size_t param, const torch::Tensor& grad);
   void start_collecting();
-  struct Slot {
-    std::int64_t offset = 0;
-    std::size_t bucket = 0;
-    bool written = false, counted = false;
-  };
-  struct Bucket {
-    std::int64_t begin, size;
-    int params, pending;
-    bool launched;
-  };
 
   Components& c_;
   Model& model_;
@@ -149,12 +141,8 @@ class PATHLINE_API Trainer {
   DataParallel* dp_ = nullptr;
   std::vector<at::Generator> rank_gens_;  // simulate_ranks: one stream per simulated rank
   std::int64_t local_batch_ = 0;          // this rank's share of batch_ (batch_ without ranks)
-  torch::Tensor dp_flat_;                 // the gradients, in buckets (reverse parameter order)
-  torch::Tensor dp_scalars_;              // the loss and the stop flag
-  std::vector<Slot> slots_;               // per parameter: where its gradient goes in dp_flat_
-  std::vector<Bucket> buckets_;
-  bool collecting_ = false, last_micro_ = true;
-  std::vector<unsigned> hooks_;  // attach()'s gradient hooks, removed by the destructor
+  // Data parallel: the flat gradient buffer, its buckets and the gradient hooks (buckets.hpp).
+  std::unique_ptr<GradientBuckets> grads_;
   bool stop_requested_ = false, stop_agreed_ = false;
   std::map<std::string, std::vector<torch::Tensor>> rank_states_;  // gather_rank_states()
   std::int64_t world_mismatch_ = 0;
