@@ -3,10 +3,8 @@
 // picture is decoded once with stb_image, resized and centre-cropped to size x size, and kept in
 // memory as bytes.
 //
-// Debian's libstb-dev ships stb compiled into libstb.so, which the engine links too; the header is
-// included here for its declarations only (no STB_IMAGE_IMPLEMENTATION), so that the process holds
-// one copy of the decoder.
-#include <stb/stb_image.h>
+// Pictures go through the engine's one decoder, pathline/picture.hpp (stb_image from Debian's
+// libstb.so, which the engine links too: one copy of it in the process).
 
 #include <algorithm>
 #include <cctype>
@@ -22,6 +20,7 @@
 #include <vector>
 
 #include "epoch_images.hpp"
+#include "pathline/picture.hpp"
 
 namespace pathline_plugins::image_data {
 
@@ -76,49 +75,21 @@ std::string read_bytes(const fs::path& file) {
   return bytes;
 }
 
-// stb_image decodes what it can of a cut-off file and fills the rest in without complaint, so a
-// file is first checked to be a whole PNG or JPEG. A PNG starts with its 8-byte signature and ends
-// with the IEND chunk (PNG specification 5.2, 11.2.5); a JPEG starts with the SOI marker FF D8 and
-// its last scan (after the last SOS marker FF DA) is closed by the EOI marker FF D9 (ITU-T T.81,
-// B.2.1). Only these two formats are taken: stb also reads TGA, which has no signature, so that
-// almost any bytes would pass for a picture.
-void check_whole_picture(const fs::path& file, const std::string& bytes) {
-  static const std::string png_signature("\x89PNG\r\n\x1a\n", 8);
-  if (bytes.compare(0, png_signature.size(), png_signature) == 0) {
-    if (bytes.find(std::string("IEND\xae\x42\x60\x82", 8)) == std::string::npos)
-      fail(file, "truncated PNG: no IEND chunk");
-    return;
-  }
-  if (bytes.size() >= 3 && bytes.compare(0, 3, "\xff\xd8\xff") == 0) {
-    const std::size_t scan = bytes.rfind("\xff\xda"), end = bytes.rfind("\xff\xd9");
-    if (scan == std::string::npos || end == std::string::npos || end < scan)
-      fail(file, "truncated JPEG: no end-of-image marker after the last scan");
-    return;
-  }
-  fail(file, bytes.empty() ? "empty file, not a PNG or JPEG picture" : "not a PNG or JPEG picture");
-}
-
-struct StbFree {
-  void operator()(stbi_uc* pixels) const { stbi_image_free(pixels); }
-};
-
-// Decodes one picture as uint8 [channels, height, width]. stb converts between grey and colour
-// itself: grey from RGB is its luminance with the ITU-R BT.601 weights, RGB from grey repeats it;
-// an alpha channel is dropped.
+// Decodes one picture as uint8 [channels, height, width], with the engine's own decoder
+// (pathline/picture.hpp: whole PNG and JPEG files only). stb converts between grey and colour itself:
+// grey from RGB is its luminance with the ITU-R BT.601 weights, RGB from grey repeats it; an alpha
+// channel is dropped.
 torch::Tensor decode(const fs::path& file, int channels) {
-  const std::string bytes = read_bytes(file);
-  check_whole_picture(file, bytes);
-  if (bytes.size() > static_cast<std::size_t>(INT_MAX)) fail(file, "file too large (over 2 GiB)");
-  int width = 0, height = 0, stored = 0;
-  std::unique_ptr<stbi_uc, StbFree> pixels(
-      stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(bytes.data()), static_cast<int>(bytes.size()),
-                            &width, &height, &stored, channels));
-  if (!pixels) {
-    const char* reason = stbi_failure_reason();
-    fail(file,
-         std::string("cannot decode the picture (stb_image: ") + (reason ? reason : "unknown error") + ")");
+  pathline::Picture picture;
+  try {
+    picture = pathline::decode_picture(read_bytes(file), file.string(), channels);
+  } catch (const pathline::InputError& e) {
+    throw pathline::InputError(std::string("image_folder: ") + e.what());
   }
-  return torch::from_blob(pixels.get(), {height, width, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
+  return torch::from_blob(picture.pixels.data(), {picture.height, picture.width, picture.channels},
+                          torch::kUInt8)
+      .permute({2, 0, 1})
+      .clone();
 }
 
 // Resizes so that the shorter side is `size` (bilinear, with antialiasing when shrinking, so that

@@ -2,12 +2,7 @@
 // rendezvous port that rank 0's system picks, torchrun's variables, a background `pathline` and its exit.
 #pragma once
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -27,16 +22,15 @@ inline std::string rank_env(int rank, int world, int port) {
          " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port);
 }
 
-// Starts `pathline ARGS` in the background with ENV; returns its pid (stderr to `log`).
+// Starts `pathline ARGS` (a shell word list, quoted as on a command line) in the background with
+// ENV ("NAME=value ..."); returns its pid (stderr to `log`). Through the command line's process helper.
 inline pid_t start_cli(const std::string& env, const std::string& args, const std::filesystem::path& log) {
-  const std::string command = "exec env " + env + " '" + std::string(PATHLINE_CLI) + "' " + args +
-                              " >/dev/null 2>'" + log.string() + "'";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  return pid;
+  process::Spec spec;
+  spec.program = "/bin/sh";
+  spec.args = {"-c", "exec env " + env + " '" + std::string(PATHLINE_CLI) + "' " + args};
+  spec.out = "/dev/null";
+  spec.err = log;
+  return process::spawn(spec);
 }
 
 // Starts rank 0 of `world` with MASTER_PORT=0, so that its system picks a free port for the

@@ -13,6 +13,7 @@
 
 #include "pathline/engine/io.hpp"
 #include "pathline/errors.hpp"
+#include "pathline/picture.hpp"
 
 namespace pathline {
 namespace fs = std::filesystem;
@@ -21,49 +22,6 @@ namespace {
 
 [[noreturn]] void fail(const fs::path& file, const std::string& reason) {
   throw InputError(file.string() + ": " + reason);
-}
-
-// The first bytes of every PNG file (PNG specification, section 5.2).
-constexpr unsigned char kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-
-bool starts_with(const std::string& bytes, const unsigned char* prefix, std::size_t n) {
-  return bytes.size() >= n && std::memcmp(bytes.data(), prefix, n) == 0;
-}
-
-// A JPEG starts with SOI (FF D8) and a marker (FF xx): ITU-T T.81, annex B.
-bool is_jpeg(const std::string& bytes) {
-  static const unsigned char soi[3] = {0xff, 0xd8, 0xff};
-  return starts_with(bytes, soi, 3);
-}
-
-// A whole PNG ends with the IEND chunk: length 0, type "IEND" and its fixed CRC (PNG specification,
-// 11.2.5). stb_image stops at IEND without reading that CRC and does not check the chunk CRCs, so
-// this is what tells a complete file from a cut one. Bytes after IEND are ignored, as libpng does.
-bool png_is_complete(const std::string& bytes) {
-  static const std::string iend("\0\0\0\0IEND\xae\x42\x60\x82", 12);
-  return bytes.find(iend, sizeof(kPngSignature)) != std::string::npos;
-}
-
-// stb_image decodes what it can of a cut-off JPEG and fills the rest with grey, without an error.
-// A whole JPEG ends its last scan with the EOI marker (FF D9); inside entropy-coded data a 0xFF byte
-// is always followed by 0x00 (T.81, B.1.1.5), so an EOI after the last start-of-scan (FF DA) marks
-// a complete file. (An EXIF thumbnail brings its own EOI, but before the main image's scans.)
-bool jpeg_is_complete(const std::string& bytes) {
-  const std::size_t last_scan = bytes.rfind("\xff\xda");
-  const std::size_t last_end = bytes.rfind("\xff\xd9");
-  return last_scan != std::string::npos && last_end != std::string::npos && last_end > last_scan;
-}
-
-std::string hex_prefix(const std::string& bytes) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (std::size_t i = 0; i < std::min<std::size_t>(bytes.size(), 8); ++i) {
-    const auto b = static_cast<unsigned char>(bytes[i]);
-    if (i) out += ' ';
-    out += digits[b >> 4];
-    out += digits[b & 15];
-  }
-  return out;
 }
 
 const char* channel_name(int channels) {
@@ -85,47 +43,16 @@ std::string shape_text(const torch::Tensor& t) {
   return s + "]";
 }
 
-struct StbFree {
-  void operator()(stbi_uc* p) const { stbi_image_free(p); }
-};
-
 }  // namespace
 
 Image read_image(const fs::path& file, int channels) {
-  if (channels != 0 && channels != 1 && channels != 3)
-    fail(file, "cannot read as " + std::to_string(channels) +
-                   " channels: ask for 0 (as stored), 1 (grey) or 3 (RGB)");
-  const std::string bytes = read_file(file);
-  if (bytes.empty()) fail(file, "empty file, not a PNG or JPEG image");
-  const bool png = starts_with(bytes, kPngSignature, sizeof(kPngSignature));
-  // stb_image also decodes BMP, GIF, TGA and more, and TGA has no signature, so that almost any
-  // bytes "decode" as a TGA; only PNG and JPEG are accepted, recognised by their signatures.
-  if (!png && !is_jpeg(bytes))
-    fail(file, "not a PNG or JPEG image (it starts with " + hex_prefix(bytes) + ")");
-  if (bytes.size() > static_cast<std::size_t>(INT_MAX)) fail(file, "image file too large (over 2 GiB)");
-  if (png && !png_is_complete(bytes)) fail(file, "truncated PNG (no IEND chunk at the end)");
-  if (!png && !jpeg_is_complete(bytes))
-    fail(file, "truncated JPEG (no end-of-image marker after the last scan)");
-
-  const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
-  const int length = static_cast<int>(bytes.size());
-  int width = 0, height = 0, stored = 0;
-  if (!stbi_info_from_memory(data, length, &width, &height, &stored))
-    fail(file, std::string("corrupt ") + (png ? "PNG" : "JPEG") +
-                   " header (stb_image: " + stbi_failure_reason() + ")");
-  // stb_image converts to the requested channel count itself; grey from colour is its luminance
-  // (77 R + 150 G + 29 B) / 256, the ITU-R BT.601 weights.
-  int got = 0;
-  std::unique_ptr<stbi_uc, StbFree> pixels(
-      stbi_load_from_memory(data, length, &width, &height, &got, channels));
-  if (!pixels)
-    fail(file, std::string("corrupt or truncated ") + (png ? "PNG" : "JPEG") +
-                   " image (stb_image: " + stbi_failure_reason() + ")");
+  // The one decoder of PNG and JPEG, shared with the image_folder plugin (pathline/picture.hpp).
+  Picture picture = decode_picture(read_file(file), file.string(), channels);
   Image image;
-  image.width = width;
-  image.height = height;
-  image.channels = channels == 0 ? got : channels;
-  image.pixels.assign(pixels.get(), pixels.get() + static_cast<std::size_t>(width) * height * image.channels);
+  image.width = picture.width;
+  image.height = picture.height;
+  image.channels = picture.channels;
+  image.pixels = std::move(picture.pixels);
   return image;
 }
 
