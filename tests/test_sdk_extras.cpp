@@ -243,6 +243,24 @@ TEST(Likelihood, StartsFromTheSourcesOwnDensity) {
                   "nll: the [source] has no density");
 }
 
+TEST(Likelihood, ASourceWithoutADensityIsRefusedBeforeTraining) {
+  const std::string text =
+      "[dataset]\ntype = \"toy2d\"\n[source]\ntype = \"toy2d\"\nshape = \"8gaussians\"\n"
+      "[model]\ntype = \"mlp\"\n[[metric]]\ntype = \"nll\"\n";
+  try {
+    check_pipeline(parse_config(text, "nll.toml", testing::builtin_registry()), testing::builtin_registry());
+    ADD_FAILURE() << "accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_CONTAINS(e.problems().front(), "nll.toml:");
+    EXPECT_CONTAINS(e.problems().front(), "[metric] (type 'nll'): nll needs the density of the [source]");
+  }
+  // The default gaussian source has one.
+  EXPECT_NO_THROW(check_pipeline(
+      parse_config("[dataset]\ntype = \"toy2d\"\n[model]\ntype = \"mlp\"\n[[metric]]\ntype = \"nll\"\n",
+                   "nll.toml", testing::builtin_registry()),
+      testing::builtin_registry()));
+}
+
 TEST(BuildContext, TheFlowsSpaceIsTheDatasUntilSomethingMapsIt) {
   PipelineConfig config = toy("", {"train.steps=0"});
   Components c = build_components(config, testing::builtin_registry());

@@ -41,7 +41,18 @@ class NegativeLogLikelihood : public pathline::Metric {
         steps_(p.integer("steps")),
         batch_size_(p.integer("batch_size")),
         max_points_(p.integer("n")),
-        device_(ctx.device) {}
+        device_(ctx.device) {
+    // The source's density is where the backward integration starts: a [source] without one is
+    // refused now, before any training, not after it.
+    if (ctx.source && !ctx.flow_space().shape.empty()) {
+      std::vector<std::int64_t> shape = {1};
+      shape.insert(shape.end(), ctx.flow_space().shape.begin(), ctx.flow_space().shape.end());
+      if (!ctx.source->log_prob(torch::zeros(shape, torch::kFloat64)).defined())
+        throw pathline::InputError(
+            "nll needs the density of the [source] (Dataset::log_prob), and this source has none; use the "
+            "default gaussian source, or leave nll out");
+    }
+  }
 
   pathline::Direction direction() const override { return pathline::Direction::lower_is_better; }
 

@@ -15,6 +15,10 @@
 
 #include "pathline/errors.hpp"
 
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the files of io/ write tensor memory as little-endian .npy and safetensors data; a "
+              "big-endian host needs byte swapping");
+
 namespace pathline::io_detail {
 
 namespace fs = std::filesystem;

@@ -24,11 +24,6 @@
 #include "pathline/engine/io.hpp"
 #include "pathline/errors.hpp"
 
-static_assert(
-    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-    "files.cpp writes tensor memory as little-endian .npy and safetensors data; a big-endian host needs "
-    "byte swapping");
-
 namespace pathline {
 namespace fs = std::filesystem;
 using namespace io_detail;
