@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/Context.h>
+#include <torch/torch.h>
 
 #include <optional>
 

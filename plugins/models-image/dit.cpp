@@ -185,6 +185,8 @@ class DiTModel : public Model {
   }
 
   double macs_per_sample() const override { return macs_; }
+  // LayerNorm and attention act within one image; no state changes in forward.
+  bool rows_independent() const override { return true; }
 
  private:
   DataInfo data_;

@@ -292,6 +292,8 @@ class UNetModel : public Model {
   }
 
   double macs_per_sample() const override { return macs_; }
+  // GroupNorm normalises each image on its own; dropout (training only) draws random numbers.
+  bool rows_independent() const override { return !is_training(); }
 
  private:
   DataInfo data_;

@@ -79,6 +79,8 @@ class MlpModel : public pathline::Model {
   }
 
   double macs_per_sample() const override { return macs_; }
+  // Each row is its own (x, t, label): no batch statistics, no state.
+  bool rows_independent() const override { return true; }
 
  private:
   // The embedding rows of the batch's labels, checked: a label outside 0 .. num_classes - 1 (other

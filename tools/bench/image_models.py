@@ -3,9 +3,9 @@ r"""Training throughput of the `unet` and `dit` models of plugins/models-image, 
 
 The two networks below mirror plugins/models-image/unet.cpp and dit.cpp layer for layer: the same
 widths and blocks, the same parameter and buffer names and shapes (a Pathline model.safetensors
-loads into them, strictly), the same initialisation, and the same operations: attention through
-torch.nn.functional.scaled_dot_product_attention on the same [batch, heads, tokens, d] layout,
-tanh-GELU, the time features as one addcmul and one sin. Their images/s is the bar the C++ models
+loads into them, strictly), the same initialisation, and the same operations: attention on the
+same [batch, heads, tokens, d] layout and by the same rule (`attention` below: the fused
+scaled_dot_product_attention in float32, the explicit softmax in bfloat16 on the CPU), tanh-GELU, the time features as one addcmul and one sin. Their images/s is the bar the C++ models
 must reach on the same machine and the same torch (the project's pinned one in .venv). One step is
 what the engine does in training: a flow-matching loss on a batch (x_t = t x1 + (1 - t) x0,
 target x1 - x0), backward, one AdamW step.
@@ -108,6 +108,22 @@ class ResBlock(nn.Module):
         return (x if self.skip is None else self.skip(x)) + h
 
 
+ATTENTION = "auto"  # --attention
+
+
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v, as image_model.hpp's attention() computes it: the fused kernel on a
+    GPU and in float32; in bfloat16 on the CPU the weights formed explicitly, the softmax in float32
+    (the fused kernel's bfloat16 backward is several times slower there). --attention fused or
+    explicit forces one way for both precisions."""
+    explicit = ATTENTION == "explicit" or (ATTENTION == "auto" and q.device.type == "cpu" and
+                                           q.dtype == torch.bfloat16)
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
     """Self-attention over the positions, plus the input. Head h's q, k and v are the qkv conv's
     channels [3 d h, 3 d h + d), [3 d h + d, 3 d h + 2 d), [3 d h + 2 d, 3 d (h + 1)) (unet.cpp)."""
@@ -125,7 +141,7 @@ class Attention(nn.Module):
         # [B, 3 C, H, W] -> [B, heads, T, 3 d]: each head's tokens, its q, k and v side by side.
         qkv = self.qkv(normalise(self.norm, x)).reshape(b, self.heads, 3 * d, h * w).transpose(2, 3)
         q, k, v = qkv.chunk(3, -1)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, d]
+        out = attention(q, k, v)  # [B, heads, T, d]
         return x + self.proj(out.transpose(2, 3).reshape(b, c, h, w))
 
 
@@ -270,7 +286,7 @@ class DiTBlock(nn.Module):
         h = modulate(layer_norm(x), mod[0], mod[1])
         # [B, T, 3 D] -> [3, B, heads, T, d]: features are q, k, v, each heads x d.
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim)
+        attended = attention(q, k, v).transpose(1, 2).reshape(b, n, dim)
         y = torch.addcmul(x, mod[2], self.proj(attended))
         h = modulate(layer_norm(y), mod[3], mod[4])
         h = self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
@@ -392,8 +408,12 @@ def main():
     ap.add_argument("--shape", type=int, nargs=3, default=[1, 28, 28], metavar=("C", "H", "W"))
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--patch", type=int, default=2, help="the DiT's patch size")
+    ap.add_argument("--attention", choices=["auto", "fused", "explicit"], default="auto",
+                    help="auto: Pathline's rule (explicit softmax in bfloat16 on the CPU, else fused)")
     ap.add_argument("--json", action="store_true", help="one JSON object per measurement")
     args = ap.parse_args()
+    global ATTENTION
+    ATTENTION = args.attention
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(args.shape)

@@ -1,5 +1,7 @@
 #include "pathline/engine/sample.hpp"
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -45,8 +47,31 @@ torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) 
 
 torch::Tensor ModelField::forward(const torch::Tensor& x, const torch::Tensor& t,
                                   const Condition& condition) {
-  if (!model_origin_) return model_.forward(x, t, condition);
-  return plugin_call(*model_origin_, "forward", [&] { return model_.forward(x, t, condition); });
+  auto call = [&](const torch::Tensor& xs, const torch::Tensor& ts, const Condition& cs) {
+    if (!model_origin_) return model_.forward(xs, ts, cs);
+    return plugin_call(*model_origin_, "forward", [&] { return model_.forward(xs, ts, cs); });
+  };
+  const std::int64_t n = x.size(0);
+  const std::int64_t blocks = sampling_blocks(n);
+  if (blocks <= 1 || !x.is_cpu() || !model_.rows_independent() || torch::GradMode::is_enabled())
+    return call(x, t, condition);
+  // Row blocks one after another, each with every intra-op thread (see sampling_blocks).
+  std::vector<torch::Tensor> outputs;
+  outputs.reserve(static_cast<std::size_t>(blocks));
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::int64_t first = n * b / blocks, rows = n * (b + 1) / blocks - first;
+    auto part = [&](const torch::Tensor& v) {
+      return v.defined() && v.dim() > 0 && v.size(0) == n ? v.narrow(0, first, rows) : v;
+    };
+    Condition block{part(condition.labels), {}};
+    for (const auto& [name, tensor] : condition.extras) block.extras[name] = part(tensor);
+    outputs.push_back(call(part(x), part(t), block));
+  }
+  return torch::cat(outputs);
+}
+
+std::int64_t sampling_blocks(std::int64_t rows) {
+  return rows >= 2 * kSamplingBlockRows ? (rows + kSamplingBlockRows - 1) / kSamplingBlockRows : 1;
 }
 
 PathCoefficients ModelField::path_coefficients(const torch::Tensor& t) const {

@@ -2,6 +2,7 @@
 // Adam/AdamW + EMA update over every parameter at once.
 #pragma once
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <memory>

@@ -18,6 +18,11 @@ class PATHLINE_API Model : public torch::nn::Module {
   // Multiply-accumulates of one forward pass for one sample, counted from the architecture (0:
   // unknown). The engine reports parameters, MACs and achieved GFLOP/s from it.
   virtual double macs_per_sample() const { return 0.0; }
+  // True when every output row depends only on the same row of x, t and the condition (no batch
+  // statistics, no random draws), so that forward on a block of rows gives those rows' outputs.
+  // The engine then evaluates large sampling batches on the CPU as blocks of rows, which keeps a
+  // small network's activations in cache (ABI 6). The default, false, keeps every call whole.
+  virtual bool rows_independent() const { return false; }
 };
 
 }  // namespace pathline
