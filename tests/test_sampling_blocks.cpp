@@ -4,7 +4,6 @@
 // small batches.
 #include <gtest/gtest.h>
 
-
 #include "pathline/engine/config.hpp"
 #include "pathline/engine/sample.hpp"
 #include "support/support.hpp"
@@ -12,7 +11,8 @@
 namespace pathline {
 namespace {
 
-// out = x (1 + t) + label: row i depends on row i alone. Counts its calls and their rows; throws on a row whose first coordinate is 1e9, to show an error in one block reaching the caller.
+// out = x (1 + t) + label: row i depends on row i alone. Counts its calls and their rows; throws on a row
+// whose first coordinate is 1e9, to show an error in one block reaching the caller.
 class RowModel : public Model {
  public:
   explicit RowModel(bool independent) : independent_(independent) {}
@@ -39,8 +39,8 @@ struct Pieces {
 Pieces linear_velocity() {
   const Registry& r = testing::builtin_registry();
   return {r.create<Path>("linear", testing::default_params(r, Kind::path, "linear"), {}),
-          r.create<Parameterization>("velocity", testing::default_params(r, Kind::parameterization, "velocity"),
-                                     {})};
+          r.create<Parameterization>("velocity",
+                                     testing::default_params(r, Kind::parameterization, "velocity"), {})};
 }
 
 TEST(SamplingBlocks, BlockCountDependsOnTheRowsAlone) {
@@ -66,7 +66,8 @@ TEST(SamplingBlocks, IndependentRowsAreSplitAcrossThreadsWithTheSameNumbers) {
   std::int64_t total = 0;
   for (auto rows : model.rows_) total += rows;
   EXPECT_EQ(total, n);
-  for (std::size_t b = 1; b < model.rows_.size(); ++b) EXPECT_LE(std::abs(model.rows_[b] - model.rows_[0]), 1);
+  for (std::size_t b = 1; b < model.rows_.size(); ++b)
+    EXPECT_LE(std::abs(model.rows_[b] - model.rows_[0]), 1);
   EXPECT_EQ(field.evaluations(), 1);  // one evaluation, whatever the blocks
 
   // Guidance doubles the rows (conditional and null halves) and keeps labels and rows together.
@@ -129,8 +130,8 @@ TEST(SamplingBlocks, TheBuiltInMlpSamplesTheSameInBlocks) {
   const Registry& registry = testing::builtin_registry();
   ConfigOptions options;
   options.overrides = {"train.steps=0"};
-  PipelineConfig config =
-      load_config(std::filesystem::path(PATHLINE_SOURCE_DIR) / "configs" / "quickstart.toml", registry, options);
+  PipelineConfig config = load_config(
+      std::filesystem::path(PATHLINE_SOURCE_DIR) / "configs" / "quickstart.toml", registry, options);
   Components c = build_components(config, registry);
   ASSERT_TRUE(c.model->rows_independent());
   c.model->eval();

@@ -47,8 +47,7 @@ class TimeFeatures {
 // for the DiT's 49-token blocks, batch 128), so there the weights are formed explicitly: two batched
 // bfloat16 products through oneDNN and a softmax computed in float32, as the fused kernel does.
 inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  if (!q.is_cpu() || q.scalar_type() != torch::kBFloat16)
-    return at::scaled_dot_product_attention(q, k, v);
+  if (!q.is_cpu() || q.scalar_type() != torch::kBFloat16) return at::scaled_dot_product_attention(q, k, v);
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   torch::Tensor scores = torch::matmul(q * scale, k.transpose(-2, -1));  // [B, heads, T, T]
   return torch::matmul(torch::softmax(scores, -1, torch::kFloat).to(v.scalar_type()), v);
