@@ -423,30 +423,10 @@ void Trainer::load_state(const NamedState& state, const std::string& what) {
   c_.dataset->set_state(state_of(state.with_prefix("dataset.")));
   c_.source->set_state(state_of(state.with_prefix("source.")));
 
-  // The ranks' own streams: from the checkpoint when it was written by as many ranks; otherwise the
-  // weights, optimizer, EMA and schedule continue and every rank's stream starts afresh.
-  const std::int64_t world = dp_ ? dp_->world().world_size : 1;
-  const torch::Tensor* saved_world = state.find("world_size");
-  const std::int64_t written_by = saved_world ? saved_world->item<std::int64_t>() : 1;
-  world_mismatch_ = 0;
-  if (written_by != world) {
-    world_mismatch_ = written_by;
-    gen_ = make_generator(seed_ + 7919 * static_cast<std::uint64_t>(step_), Stream::train,
-                          dp_ ? static_cast<std::uint64_t>(dp_->world().rank) : 0);
-  } else if (dp_ && world > 1) {
-    const std::string own = fmt::format("rank{}.", dp_->world().rank);
-    if (const torch::Tensor* t = state.find(own + "generator.train")) gen_.set_state(*t);
-    if (const torch::Tensor* t = state.find(own + "generator.global")) global.set_state(*t);
-    if (auto device_gen = device_generator(c_.context.device))
-      if (const torch::Tensor* t = state.find(own + "generator.device")) device_gen->set_state(*t);
-    for (auto [prefix, dataset] :
-         {std::pair<std::string, Dataset*>{"dataset.", c_.dataset.get()}, {"source.", c_.source.get()}}) {
-      Dataset::State ranked = dataset->state();
-      for (auto& [name, tensor] : ranked)
-        if (const torch::Tensor* mine = state.find(own + prefix + name)) tensor = *mine;
-      dataset->set_state(ranked);
-    }
-  }
+  restore_rank_streams([&](const std::string& key) -> std::optional<torch::Tensor> {
+    if (const torch::Tensor* t = state.find(key)) return *t;
+    return std::nullopt;
+  });
 }
 
 // Checkpoints of format 1 (before Pathline 0.2): a LibTorch archive, read with LibTorch's own
@@ -485,37 +465,43 @@ void Trainer::load_legacy_state(torch::serialize::InputArchive& archive) {
   c_.dataset->set_state(read_state(archive, "dataset"));
   c_.source->set_state(read_state(archive, "source"));
 
-  // The ranks' own streams: from the checkpoint when it was written by as many ranks; otherwise the
-  // weights, optimizer, EMA and schedule continue and every rank's stream starts afresh.
+  restore_rank_streams([&](const std::string& key) -> std::optional<torch::Tensor> {
+    torch::Tensor value;
+    if (archive.try_read(key, value)) return value;
+    return std::nullopt;
+  });
+}
+
+// The ranks' own streams: from the checkpoint when it was written by as many ranks; otherwise the
+// weights, optimizer, EMA and schedule continue and every rank's stream starts afresh. `saved`
+// looks a checkpoint entry up by name (nullopt: absent).
+void Trainer::restore_rank_streams(
+    const std::function<std::optional<torch::Tensor>(const std::string&)>& saved) {
   const std::int64_t world = dp_ ? dp_->world().world_size : 1;
-  torch::Tensor saved;
-  const std::int64_t saved_world = archive.try_read("world_size", saved) ? saved.item<std::int64_t>() : 1;
+  const std::optional<torch::Tensor> saved_world = saved("world_size");
+  const std::int64_t written_by = saved_world ? saved_world->item<std::int64_t>() : 1;
   world_mismatch_ = 0;
-  if (saved_world != world) {
-    world_mismatch_ = saved_world;
+  if (written_by != world) {
+    world_mismatch_ = written_by;
     gen_ = make_generator(seed_ + 7919 * static_cast<std::uint64_t>(step_), Stream::train,
                           dp_ ? static_cast<std::uint64_t>(dp_->world().rank) : 0);
-  } else if (dp_ && world > 1) {
-    const std::string own = fmt::format("rank{}.", dp_->world().rank);
-    torch::Tensor value;
-    if (archive.try_read(own + "generator.train", value)) gen_.set_state(value);
-    torch::Tensor global_state;
-    if (archive.try_read(own + "generator.global", global_state)) {
-      at::Generator global = at::detail::getDefaultCPUGenerator();
-      global.set_state(global_state);
-    }
-    if (auto device_gen = device_generator(c_.context.device);
-        device_gen && archive.try_read(own + "generator.device", global_state))
-      device_gen->set_state(global_state);
-    for (auto [prefix, dataset] :
-         {std::pair<std::string, Dataset*>{"dataset.", c_.dataset.get()}, {"source.", c_.source.get()}}) {
-      Dataset::State ranked = dataset->state();
-      for (auto& [name, tensor] : ranked) {
-        torch::Tensor mine;
-        if (archive.try_read(own + prefix + name, mine)) tensor = mine;
-      }
-      dataset->set_state(ranked);
-    }
+    return;
+  }
+  if (!dp_ || world <= 1) return;
+  const std::string own = fmt::format("rank{}.", dp_->world().rank);
+  if (auto t = saved(own + "generator.train")) gen_.set_state(*t);
+  if (auto t = saved(own + "generator.global")) {
+    at::Generator global = at::detail::getDefaultCPUGenerator();
+    global.set_state(*t);
+  }
+  if (auto device_gen = device_generator(c_.context.device))
+    if (auto t = saved(own + "generator.device")) device_gen->set_state(*t);
+  for (auto [prefix, dataset] :
+       {std::pair<std::string, Dataset*>{"dataset.", c_.dataset.get()}, {"source.", c_.source.get()}}) {
+    Dataset::State ranked = dataset->state();
+    for (auto& [name, tensor] : ranked)
+      if (auto mine = saved(own + prefix + name)) tensor = *mine;
+    dataset->set_state(ranked);
   }
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -117,6 +118,7 @@ class PATHLINE_API Trainer {
   void load_state(const NamedState& state, const std::string& what);
   // A checkpoint of format 1 (a LibTorch archive, before Pathline 0.2).
   void load_legacy_state(torch::serialize::InputArchive& archive);
+  void restore_rank_streams(const std::function<std::optional<torch::Tensor>(const std::string&)>& saved);
 
  private:
   // One rank's share of a batch: source and target points (coupled), times, labels after dropout
