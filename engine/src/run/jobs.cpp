@@ -385,17 +385,10 @@ void write_outputs(const PipelineConfig& config, Components& c, const fs::path& 
   write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
 }
 
-// A run directory's pipeline, rebuilt from its config.toml with overrides, with its weights loaded
-// (the EMA ones when [sample] use_ema and the run kept them). `weights` names the file used.
-struct LoadedRun {
-  PipelineConfig config;
-  Components components;
-  std::string weights;
-};
+}  // namespace
 
-LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
-                   const std::vector<std::string>& overrides,
-                   const std::optional<fs::path>& weights_file = std::nullopt) {
+LoadedRun open_run(const fs::path& run_dir, const Registry& registry,
+                   const std::vector<std::string>& overrides, const std::optional<fs::path>& weights_file) {
   std::error_code ec;
   if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
   ConfigOptions options;
@@ -415,6 +408,8 @@ LoadedRun load_run(const fs::path& run_dir, const Registry& registry,
   }
   return {std::move(config), std::move(c), weights};
 }
+
+namespace {
 
 void log_weights(const Logger& log, const std::string& weights, const fs::path& run_dir) {
   if (!log || weights.empty()) return;
@@ -484,10 +479,11 @@ namespace {
 // finishes the run directory.
 fs::path train_run(const PipelineConfig& config, Components& c, DataParallel* group,
                    const std::function<fs::path()>& make_dir, const Checkpoint* checkpoint, bool do_sample,
-                   bool handle_signals, const Logger& log) {
+                   bool handle_signals, const StepHook& on_step, const Logger& log) {
   TrainOptions options;
   options.resume_from = checkpoint;
   options.handle_signals = handle_signals;
+  options.on_step = on_step;
   options.data_parallel = group;
   if (group && group->world().rank != 0) {
     train(config, c, {}, Logger(), options);
@@ -521,7 +517,8 @@ fs::path run_job(const PipelineConfig& config, const Registry& registry, const J
                       json{{"command", options.do_sample ? "run" : "train"}}.dump(2) + "\n");
     return dir;
   };
-  return train_run(config, c, group.get(), make_dir, nullptr, options.do_sample, options.handle_signals, log);
+  return train_run(config, c, group.get(), make_dir, nullptr, options.do_sample, options.handle_signals,
+                   options.on_step, log);
 }
 
 fs::path resume_job(const fs::path& run_dir, const Registry& registry, const ResumeOptions& options,
@@ -576,7 +573,7 @@ fs::path resume_job(const fs::path& run_dir, const Registry& registry, const Res
   Components c = build_components(config, registry);
   return train_run(
       config, c, group.get(), [&] { return run_dir; }, checkpoint ? &*checkpoint : nullptr, do_sample,
-      options.handle_signals, log);
+      options.handle_signals, options.on_step, log);
 }
 
 fs::path sample_job(const fs::path& run_dir, const Registry& registry,
@@ -592,7 +589,7 @@ fs::path sample_job(const fs::path& run_dir, const Registry& registry,
       throw ArgumentFileError(e.what());
     }
   }
-  LoadedRun run = load_run(run_dir, registry, overrides, weights);
+  LoadedRun run = open_run(run_dir, registry, overrides, weights);
   if (log)
     for (const auto& note : run.components.notes) log("note: " + note);
   if (noise_file) {
@@ -637,7 +634,7 @@ fs::path eval_job(const fs::path& run_dir, const Registry& registry, const EvalO
     for (const auto& m : config.metrics()) has_nll = has_nll || m.type == "nll";
     if (!has_nll) overrides.push_back(fmt::format("metric[{}].type=nll", config.metrics().size()));
   }
-  LoadedRun run = load_run(run_dir, registry, overrides);
+  LoadedRun run = open_run(run_dir, registry, overrides);
   if (log)
     for (const auto& note : run.components.notes) log("note: " + note);
   const PipelineConfig& config = run.config;

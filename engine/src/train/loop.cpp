@@ -325,7 +325,18 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
     }
     const bool due = (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0) || step + 1 == steps;
     // Data parallel: the ranks stop together, after the step in which any of them was signalled.
-    const bool stop = options.handle_signals && (dp ? trainer.stop_agreed() : g_stop_signal != 0);
+    bool hook_stop = false;
+    if (options.on_step) {
+      TrainProgress progress;
+      progress.step = step + 1;
+      progress.steps = steps;
+      progress.loss = smoothing_weight > 0 ? smoothed / smoothing_weight : std::nan("");
+      progress.steps_per_second = rate;
+      progress.seconds = loop.elapsed + elapsed;
+      hook_stop = options.on_step(progress) && step + 1 < steps && !dp;
+    }
+    const bool stop =
+        hook_stop || (options.handle_signals && (dp ? trainer.stop_agreed() : g_stop_signal != 0));
     if (due || stop) {
       loop.elapsed += elapsed;
       const double offset = elapsed;
@@ -333,7 +344,7 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
       loop.elapsed -= offset;  // elapsed keeps counting from `start`
     }
     if (stop) {
-      const int signal = g_stop_signal != 0 ? static_cast<int>(g_stop_signal) : SIGTERM;
+      const int signal = hook_stop ? SIGINT : g_stop_signal != 0 ? static_cast<int>(g_stop_signal) : SIGTERM;
       if (!saving)
         throw Interrupted(signal, fmt::format("rank {} stopped after step {} of {} with the other ranks",
                                               dp ? dp->world().rank : 0, step + 1, steps));

@@ -47,6 +47,7 @@ struct JobOptions {
   bool overwrite = false;
   bool do_sample = true;
   bool handle_signals = false;
+  StepHook on_step = nullptr;  // TrainOptions::on_step
 };
 PATHLINE_API std::filesystem::path run_job(const PipelineConfig& config, const Registry& registry,
                                            const JobOptions& options, const Logger& log);
@@ -58,9 +59,23 @@ PATHLINE_API std::filesystem::path run_job(const PipelineConfig& config, const R
 struct ResumeOptions {
   std::vector<std::string> overrides;
   bool handle_signals = false;
+  StepHook on_step = nullptr;  // TrainOptions::on_step
 };
 PATHLINE_API std::filesystem::path resume_job(const std::filesystem::path& run_dir, const Registry& registry,
                                               const ResumeOptions& options, const Logger& log);
+
+// A run directory's pipeline, rebuilt from its config.toml with overrides (threads applied), with
+// its weights loaded: `weights_file` when given, else the run's (the EMA ones when [sample] use_ema
+// and the run kept them). `weights` names the file used ("" for a model without weights).
+// InputError for a directory that is not there; ConfigError for a config that no longer validates.
+struct LoadedRun {
+  PipelineConfig config;
+  Components components;
+  std::string weights;
+};
+PATHLINE_API LoadedRun open_run(const std::filesystem::path& run_dir, const Registry& registry,
+                                const std::vector<std::string>& overrides,
+                                const std::optional<std::filesystem::path>& weights_file = std::nullopt);
 
 // `pathline sample RUN_DIR`: rebuilds the run's pipeline from its config.toml (with overrides),
 // loads its weights (or `weights`: a .safetensors file with the model's parameter names, or an

@@ -176,6 +176,18 @@ struct TrainResult {
   std::vector<std::int64_t> logged;  // the step of each entry of losses
 };
 
+// Where training stands after a step, for a caller's own progress display and stop button.
+struct TrainProgress {
+  std::int64_t step = 0, steps = 0;  // steps done, of the configured total
+  double loss = 0.0;                 // smoothed training loss (NaN before the first finite one)
+  double steps_per_second = 0.0;     // since this call to train() started
+  double seconds = 0.0;              // training time so far, counting earlier sessions of a resumed run
+};
+// Called after every step; returning true asks training to stop as a signal does: a checkpoint,
+// then Interrupted (signal SIGINT). Ranks of a data-parallel run stop together on signals only: there
+// the answer is ignored.
+using StepHook = std::function<bool(const TrainProgress&)>;
+
 // How train() reports and recovers.
 struct Checkpoint;
 struct TrainOptions {
@@ -187,6 +199,8 @@ struct TrainOptions {
   Logger live;
   // Handle SIGINT and SIGTERM: finish the step, write a checkpoint, throw Interrupted.
   bool handle_signals = false;
+  // Called after every step; may ask to stop (the Python module's progress and Ctrl-C).
+  StepHook on_step = nullptr;
   // Data parallel: this process is one rank of the group (run_dir empty on all ranks but 0, which
   // alone writes checkpoints and metrics).
   DataParallel* data_parallel = nullptr;
