@@ -9,5 +9,8 @@ bash tools/install-deps.sh >/dev/null
 build="${PATHLINE_BUILD_DIR:-build}"
 source tools/configure.sh
 pathline_configure "$build" -DPATHLINE_BUILD_TESTS=ON
-cmake --build "$build" -j "$(nproc)" --target pathline
+# The command line, and the Python module when the configure step could make it (docs/python.md).
+targets=(pathline)
+grep -q "Python module ON" "$build/configure.log" && targets+=(pathline_python)
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 "$build/bin/pathline" run configs/quickstart.toml "$@"

@@ -404,3 +404,69 @@ def test_every_public_name_is_documented():
             if not attr.startswith("_"):
                 doc = value.__doc__ if not isinstance(value, property) else value.fget.__doc__
                 assert doc, f"{cls.__name__}.{attr}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Labels, guidance and other parameterizations
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory):
+    """8 Gaussians labelled by mode (8 classes), 300 steps, with label dropout for guidance."""
+    return pathline.Pipeline.from_file(QUICKSTART, {
+        **SHORT, "dataset.shape": "8gaussians", "dataset.labelled": True, "train.label_dropout": 0.2,
+        "sample.n": 400}).run(run_dir=tmp_path_factory.mktemp("runs") / "labelled", progress=False, log=False)
+
+
+def test_labels_and_guidance_match_the_command_line(labelled, tmp_path):
+    run = labelled
+    assert run.model.num_classes == 8
+    x = torch.randn(16, 2)
+    labels = torch.arange(16) % 8
+    conditional = run.model(x, 0.3, labels=labels)
+    unconditional = run.model(x, 0.3, labels=torch.full((16,), -1))
+    assert not torch.allclose(conditional, unconditional)
+    torch.testing.assert_close(run.model(x[:1], 0.3, labels=3), run.model(x[:1], 0.3, labels=torch.tensor([3])))
+    with pytest.raises(ValueError, match="labels must be 0 to 7"):
+        run.model(x, 0.3, labels=torch.full((16,), 8))
+    with pytest.raises(TypeError, match="integers"):
+        run.model(x, 0.3, labels=torch.zeros(16))
+    ours = run.sample(200, labels=3, guidance_scale=2.0, seed=5)
+    out = tmp_path / "cli"
+    cli("sample", run.dir, "--set", "sample.n=200", "--set", "sample.labels=[3]", "--set",
+        "sample.guidance_scale=2.0", "--set", "run.seed=5", "--out", out)
+    assert torch.equal(ours, torch.from_numpy(np.load(out / "samples.npy")))
+    traj = run.trajectories(n=40, count=4, labels=[1, 2], seed=5)
+    assert traj.labels.tolist() == [1, 2] * 20
+    # Mode 3's samples sit around its centre, not around the others'.
+    centre = ours.mean(dim=0)
+    assert centre.norm() > 1.0
+
+
+def test_the_velocity_of_a_noise_prediction_is_its_conversion(tmp_path):
+    run = pathline.Pipeline.from_file(QUICKSTART, {**SHORT, "train.steps": 50, "parameterization.type": "noise",
+                                                   "path.sigma_min": 0.0, "sample.n": 100}).run(
+        run_dir=tmp_path / "noise", progress=False, log=False, train_only=True)
+    assert run.model.predicts == "noise"
+    x = torch.randn(32, 2)
+    t = torch.rand(32) * 0.8 + 0.1
+    eps = run.model(x, t, raw=True)
+    # Linear path: x_t = t x1 + (1 - t) x0, so u = x1 - x0 = (x_t - x0) / t.
+    torch.testing.assert_close(run.model(x, t), (x - eps) / t[:, None], rtol=1e-4, atol=1e-4)
+
+
+def test_python_m_pathline_runs_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "pathline", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"pathline {pathline.__version__} (SDK ABI {pathline._pathline.sdk_abi}")
+
+
+def test_other_weights_and_use_ema(trained):
+    run, _ = trained
+    x = torch.randn(8, 2)
+    raw = run.load_model(weights=run.dir / "model-raw.safetensors")
+    also_raw = run.load_model(overrides={"sample.use_ema": False})
+    torch.testing.assert_close(raw(x, 0.5), also_raw(x, 0.5))
+    assert not torch.allclose(raw(x, 0.5), run.model(x, 0.5))  # EMA weights differ from the raw ones
+    with pytest.raises(pathline.InputError, match="no-such.safetensors"):
+        run.load_model(weights=run.dir / "no-such.safetensors")
