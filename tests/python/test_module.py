@@ -470,3 +470,11 @@ def test_other_weights_and_use_ema(trained):
     assert not torch.allclose(raw(x, 0.5), run.model(x, 0.5))  # EMA weights differ from the raw ones
     with pytest.raises(pathline.InputError, match="no-such.safetensors"):
         run.load_model(weights=run.dir / "no-such.safetensors")
+
+
+def test_the_interpreter_exits_cleanly_with_models_alive(trained):
+    run, _ = trained
+    code = (f"import pathline, torch; run = pathline.Run({str(run.dir)!r}); m = run.model; "
+            "m(torch.randn(3, 2), 0.5); s = run.sample(10); pathline._engines.clear()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -305,6 +305,8 @@ Validated validate(const Engine& engine, const std::string& file, const std::vec
 // steps_per_second, seconds)` after each step (its own throttle is the caller's), returning true
 // to stop; a pending KeyboardInterrupt (PyErr_CheckSignals) stops training after a checkpoint too.
 // Whatever Python error stopped it (the interrupt, or one raised by on_step) is raised again after.
+// With a progress display the engine's own progress lines are left out; without one (on_step None)
+// the log gets them every [train] progress_every steps, as a command's log file does.
 template <class Job>
 std::string run_training(py::object on_step, py::object log, Job&& job) {
   struct Stop {
@@ -328,7 +330,7 @@ std::string run_training(py::object on_step, py::object log, Job&& job) {
   };
   fs::path dir;
   try {
-    LiveProgressScope quiet(true);
+    LiveProgressScope quiet(!hook_target->is_none());
     Logger logger = python_logger(log);
     py::gil_scoped_release nogil;
     dir = job(hook, logger);
@@ -378,7 +380,6 @@ std::string resume_run(const Engine& engine, const std::string& run_dir,
 std::string sample_run(const Engine& engine, const std::string& run_dir,
                        const std::vector<std::string>& overrides, std::optional<std::string> out,
                        std::optional<std::string> weights, std::optional<std::string> noise, py::object log) {
-  LiveProgressScope quiet(true);
   Logger logger = python_logger(std::move(log));
   py::gil_scoped_release nogil;
   std::optional<fs::path> out_dir, weights_file, noise_file;
@@ -392,7 +393,6 @@ std::string sample_run(const Engine& engine, const std::string& run_dir,
 std::string eval_run(const Engine& engine, const std::string& run_dir,
                      const std::vector<std::string>& overrides, bool fresh, bool nll,
                      std::optional<std::string> out, py::object log) {
-  LiveProgressScope quiet(true);
   Logger logger = python_logger(std::move(log));
   py::gil_scoped_release nogil;
   EvalOptions eval;
@@ -466,12 +466,14 @@ py::dict ablate(const Engine& engine, const std::string& file, const std::vector
 
 class TrainedRun {
  public:
-  TrainedRun(const Engine& engine, const std::string& run_dir, const std::vector<std::string>& overrides,
-             std::optional<std::string> weights) {
+  // Keeps the engine (whose plugin libraries hold the components' code) alive as long as the run.
+  TrainedRun(std::shared_ptr<Engine> engine, const std::string& run_dir,
+             const std::vector<std::string>& overrides, std::optional<std::string> weights)
+      : engine_(std::move(engine)) {
     py::gil_scoped_release nogil;
     std::optional<fs::path> file;
     if (weights) file = *weights;
-    run_ = std::make_unique<LoadedRun>(open_run(run_dir, engine.registry(), overrides, file));
+    run_ = std::make_unique<LoadedRun>(open_run(run_dir, engine_->registry(), overrides, file));
     run_->components.model->eval();
   }
 
@@ -572,7 +574,8 @@ class TrainedRun {
   }
 
  private:
-  std::unique_ptr<LoadedRun> run_;
+  std::shared_ptr<Engine> engine_;
+  std::unique_ptr<LoadedRun> run_;  // destroyed before the engine
 
   torch::Device model_device() {
     for (const auto& p : run_->components.model->parameters()) return p.device();
@@ -655,7 +658,7 @@ PYBIND11_MODULE(_pathline, m) {
   m.attr("sdk_abi") = PATHLINE_SDK_ABI_VERSION;
 
   py::class_<TrainedRun>(m, "TrainedRun")
-      .def(py::init<const Engine&, const std::string&, const std::vector<std::string>&,
+      .def(py::init<std::shared_ptr<Engine>, const std::string&, const std::vector<std::string>&,
                     std::optional<std::string>>(),
            py::arg("engine"), py::arg("run_dir"), py::arg("overrides"), py::arg("weights"))
       .def("__call__", &TrainedRun::call, py::arg("x"), py::arg("t"), py::arg("labels"), py::arg("raw"))
