@@ -8,8 +8,9 @@
 #
 # Needs the `pathline` module (`bash tools/quickstart.sh` or `bash tools/test.sh` builds it;
 # `.venv/bin/python` finds it) and matplotlib. Environment knobs, for a quick look or the tests:
-# PATHLINE_EXAMPLE_STEPS (training steps, default the config's 8,000) and PATHLINE_EXAMPLE_OUT
-# (where the run and the figures go, default runs/notebook).
+# PATHLINE_EXAMPLE_STEPS (training steps, default the config's 8,000), PATHLINE_EXAMPLE_QUICK=1
+# (the run's own samples and likelihood on fewer points) and PATHLINE_EXAMPLE_OUT (where the run
+# and the figures go, default runs/notebook).
 
 # %%
 import os
@@ -31,6 +32,8 @@ OUT.mkdir(parents=True, exist_ok=True)
 overrides = {}
 if "PATHLINE_EXAMPLE_STEPS" in os.environ:
     overrides["train.steps"] = int(os.environ["PATHLINE_EXAMPLE_STEPS"])
+if os.environ.get("PATHLINE_EXAMPLE_QUICK") == "1":
+    overrides.update({"sample.n": 2000, "metric[1].n": 200})
 
 # %% [markdown]
 # ## Train

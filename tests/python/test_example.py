@@ -14,7 +14,8 @@ SOURCE = Path(os.environ.get("PATHLINE_SOURCE_DIR", Path(__file__).resolve().par
 
 def test_the_quickstart_notebook_runs_and_draws(tmp_path):
     pytest.importorskip("matplotlib")
-    env = dict(os.environ, PATHLINE_EXAMPLE_STEPS="400", PATHLINE_EXAMPLE_OUT=str(tmp_path), MPLBACKEND="Agg")
+    env = dict(os.environ, PATHLINE_EXAMPLE_STEPS="400", PATHLINE_EXAMPLE_QUICK="1",
+               PATHLINE_EXAMPLE_OUT=str(tmp_path), MPLBACKEND="Agg")
     env.pop("DISPLAY", None)
     result = subprocess.run([sys.executable, str(SOURCE / "examples" / "quickstart_notebook.py")], env=env,
                             capture_output=True, text=True, timeout=600)
