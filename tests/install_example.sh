@@ -182,7 +182,8 @@ python3 - "$source/sdk/GUIDE.md" "$work/guide" <<'PY' || fail "could not take th
 import pathlib, re, sys
 text = pathlib.Path(sys.argv[1]).read_text()
 files = dict(re.findall(r"^`([\w.]+)`[^\n]*:\n\n```\w*\n(.*?)```", text, re.M | re.S))
-wanted = ["acme_datasets.cpp", "acme_models.cpp", "acme_solvers.cpp", "CMakeLists.txt", "pipeline.toml"]
+wanted = ["acme_datasets.cpp", "acme_models.cpp", "acme_solvers.cpp", "acme_autoencoders.cpp", "CMakeLists.txt",
+          "pipeline.toml", "autoencoder.toml"]
 missing = [f for f in wanted if f not in files]
 if missing:
     sys.exit("sdk/GUIDE.md lacks " + ", ".join(missing))
@@ -197,7 +198,7 @@ PY
 if grep -q "warning:" "$work/build-guide.log"; then cat "$work/build-guide.log"; fail "the guide's plugins build with warnings"; fi
 "$pathline" plugins --plugin-dir "$work/guide-build" >"$work/guide-plugins.txt" 2>&1 || fail "pathline plugins (guide)"
 expect_not_in "$work/guide-plugins.txt" "Failed to load"
-for component in acme_ring acme_mlp acme_rk3; do expect_in "$work/guide-plugins.txt" "  $component "; done
+for component in acme_ring acme_mlp acme_rk3 acme_linear; do expect_in "$work/guide-plugins.txt" "  $component "; done
 # The guide's pipeline as written: a labelled data set, a conditional model, guided sampling.
 "$pathline" run "$work/guide/pipeline.toml" --plugin-dir "$work/guide-build" --run-dir "$work/guide-run" \
   >"$work/guide-run.out" 2>"$work/guide-run.err" || { cat "$work/guide-run.err"; fail "pathline run (guide)"; }
@@ -205,6 +206,19 @@ expect_json "$work/guide-run/summary.json" \
   's["sampling"]["solver"] == "acme_rk3" and s["sampling"]["nfe"] == 24 and s["sampling"]["guidance_scale"] == 1.5' \
   "summary.json: the guide's solver, 8 steps of 3 evaluations, guidance 1.5"
 expect_json "$work/guide-run/summary.json" 'math.isfinite(s["metrics"]["energy_distance"])' "summary.json (guide): a finite energy distance"
+# The guide's autoencoder: trained by its pipeline without [model], then the guide's pipeline on its
+# latents, as the guide says.
+"$pathline" run "$work/guide/autoencoder.toml" --plugin-dir "$work/guide-build" --run-dir "$work/guide-ae" \
+  >"$work/guide-ae.out" 2>"$work/guide-ae.err" || { cat "$work/guide-ae.err"; fail "pathline run (the guide's autoencoder)"; }
+expect_json "$work/guide-ae/summary.json" 's["autoencoder"]["latent_shape"] == [2] and s["autoencoder"]["reconstruction_mse"] < 0.01' \
+  "summary.json (guide autoencoder): latent [2], reconstructions within 0.01"
+"$pathline" run "$work/guide/pipeline.toml" --plugin-dir "$work/guide-build" --run-dir "$work/guide-latent" \
+  --set autoencoder.type=acme_linear --set autoencoder.run="$work/guide-ae" \
+  >"$work/guide-latent.out" 2>"$work/guide-latent.err" || { cat "$work/guide-latent.err"; fail "pathline run (guide, on latents)"; }
+expect_json "$work/guide-latent/summary.json" 'math.isfinite(s["metrics"]["energy_distance"]) and s["metrics"]["energy_distance"] < 0.05' \
+  "summary.json (guide, on latents): energy distance below 0.05"
+grep -q 'run = "'"$work/guide-ae"'"' "$work/guide-latent/config.toml" || fail "the latent run's config.toml does not name the autoencoder run"
+
 # Labels cross the plugin boundary: samples asked for the upper half (class 0) land above the x axis,
 # those asked for the lower half (class 1) below.
 python3 - "$work/guide-run" <<'PY' || fail "the guide's conditional model does not put samples in their class's half"

@@ -13,10 +13,13 @@
 #include <mutex>
 #include <thread>
 
+#include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
 #include "pathline/engine/sample.hpp"
 
 namespace pathline {
+
+namespace fs = std::filesystem;
 
 std::string shape_text(const std::vector<std::int64_t>& shape) {
   std::string text = "[";
@@ -137,7 +140,13 @@ std::shared_ptr<Interface> build_slot(const ComponentConfig& cc, const Registry&
     throw;
   } catch (const InputError& e) {
     // The component refused its parameters (a check across keys, or against the data).
-    throw ConfigError({fmt::format("{}: [{}] (type '{}'): {}", cc.where, cc.slot, cc.type, e.what())});
+    // Components after an autoencoder see its latent space, which the user did not write down.
+    const bool latent = !ctx.flow.shape.empty() && ctx.flow.shape != ctx.data.shape && cc.slot != "metric";
+    throw ConfigError({fmt::format("{}: [{}] (type '{}'): {}{}", cc.where, cc.slot, cc.type, e.what(),
+                                   latent ? fmt::format(" (the flow runs in the autoencoder's latent space, "
+                                                        "samples of shape {})",
+                                                        shape_text(ctx.flow.shape))
+                                          : std::string())});
   } catch (...) {
     rethrow_from_plugin(origin, "building it");
   }
@@ -251,9 +260,106 @@ void check_non_affine(const PipelineConfig& config, const Components& c) {
     }
 }
 
+// A trained autoencoder's run (a pipeline without [model]), checked against the flow pipeline that
+// names it in [autoencoder] run: the same type, the same data set and sample shape, and no key the
+// pipeline sets that the run trained with another value. Rebuilds the component with the run's
+// settings when the pipeline left some at defaults the run did not use, loads the weights and reads
+// the latent scale. Every problem is one ConfigError line at the `run` key.
+void load_autoencoder_run(const PipelineConfig& config, const Registry& registry, Components& c) {
+  const ComponentConfig& given = config.component("autoencoder");
+  const std::string run = config.autoencoder_run();
+  const std::string where = config.position_of("autoencoder.run");
+  auto problem = [&](const std::string& message) {
+    return ConfigError({fmt::format("{}: [autoencoder] run = \"{}\": {}", where, run, message)});
+  };
+  const fs::path dir = run;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    return void(
+        throw problem("no such run directory (train one with a pipeline that has this [autoencoder] "
+                      "and no [model], e.g. pathline run configs/fmnist-vae.toml)"));
+  if (!fs::is_regular_file(dir / "config.toml", ec))
+    throw problem("not a run directory (it has no config.toml)");
+  PipelineConfig trained;
+  try {
+    ConfigOptions options;
+    options.check_device = false;
+    trained = load_config(dir / "config.toml", registry, options);
+  } catch (const InputError& e) {
+    std::string first = e.what();
+    throw problem("its config.toml does not load: " + first.substr(0, first.find('\n')));
+  }
+  if (!trained.trains_autoencoder())
+    throw problem(
+        "a flow run (its pipeline has a [model]), not an autoencoder run; name the run of a pipeline "
+        "with this [autoencoder] and no [model]");
+  const ComponentConfig& ae = trained.component("autoencoder");
+  if (ae.type != given.type)
+    throw problem(
+        fmt::format("that run trained autoencoder '{}', but this pipeline names '{}'", ae.type, given.type));
+  const std::string data_type = config.component("dataset").type;
+  if (trained.component("dataset").type != data_type)
+    throw problem(fmt::format("that autoencoder was trained on dataset '{}', but this pipeline's is '{}'",
+                              trained.component("dataset").type, data_type));
+  for (const auto& key : given.order) {
+    if (!config.positions.count("autoencoder." + key)) continue;  // left at its default: the run's holds
+    if (!ae.params.contains(key) || format_value(ae.params.at(key)) == format_value(given.params.at(key)))
+      continue;
+    throw ConfigError({fmt::format(
+        "{}: [autoencoder] {} = {}, but run \"{}\" trained it with {} = {}; remove the key (a trained "
+        "autoencoder's settings come from its run) or train another",
+        config.position_of("autoencoder." + key), key, format_value(given.params.at(key)), run, key,
+        format_value(ae.params.at(key)))});
+  }
+  const fs::path weights = dir / kAutoencoderWeights;
+  if (!fs::is_regular_file(weights, ec))
+    throw problem(
+        fmt::format("it has no {} (has it finished training? pathline resume {})", kAutoencoderWeights, run));
+  std::map<std::string, std::string> metadata;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  try {
+    tensors = read_safetensors(weights, &metadata);
+  } catch (const InputError& e) {
+    throw problem(e.what());
+  }
+  const std::string shape = shape_text(c.context.data.shape);
+  if (auto it = metadata.find("pathline.data_shape"); it != metadata.end() && it->second != shape)
+    throw problem(
+        fmt::format("that autoencoder was trained on samples of shape {}, but this pipeline's dataset "
+                    "gives {}",
+                    it->second, shape));
+  auto scale = metadata.find("pathline.latent_scale");
+  double value = 0.0;
+  if (scale != metadata.end()) {
+    try {
+      value = std::stod(scale->second);
+    } catch (const std::exception&) {
+      value = 0.0;
+    }
+  }
+  if (!(value > 0.0) || !std::isfinite(value))
+    throw problem(fmt::format("{} has no valid pathline.latent_scale in its metadata", weights.string()));
+  // The run's settings where the pipeline kept defaults that differ from them.
+  bool differ = false;
+  for (const auto& key : ae.order)
+    differ = differ || !given.params.contains(key) ||
+             format_value(ae.params.at(key)) != format_value(given.params.at(key));
+  if (differ)
+    c.autoencoder = plugin_call(c.origin("autoencoder"), "building it with its run's settings",
+                                [&] { return registry.create<Autoencoder>(ae.type, ae.params, c.context); });
+  try {
+    load_named_weights(*c.autoencoder, tensors, weights);
+  } catch (const InputError& e) {
+    throw problem(e.what());
+  }
+  c.latent_scale = value;
+  c.autoencoder_run = dir;
+}
+
 // What the engine does with a slot's component as soon as it is built: later slots see it in their
 // BuildContext, and what only the built component can tell is checked before going on.
-void after_building(const std::string& slot, const PipelineConfig& config, Components& c) {
+void after_building(const std::string& slot, const PipelineConfig& config, const Registry& registry,
+                    Components& c) {
   BuildContext& ctx = c.context;
   if (slot == "dataset") {
     const ComponentConfig& dataset = config.component("dataset");
@@ -264,6 +370,45 @@ void after_building(const std::string& slot, const PipelineConfig& config, Compo
       throw ConfigError({fmt::format("{}: [dataset] (type '{}'): it reports an empty sample shape",
                                      dataset.where, dataset.type)});
     check_labels(config, ctx.data, dataset.type);
+  } else if (slot == "autoencoder") {
+    const ComponentConfig& ae = config.component("autoencoder");
+    if (ae.type == "identity" && !config.trains_autoencoder()) return;  // the flow runs on the data
+    const bool trainable =
+        plugin_call(c.origin("autoencoder"), "trainable", [&] { return c.autoencoder->trainable(); });
+    if (config.trains_autoencoder()) {
+      if (!trainable)
+        throw ConfigError({fmt::format(
+            "{}: [autoencoder] (type '{}') has nothing to train, and a pipeline without [model] trains its "
+            "autoencoder; add a [model] to train a flow",
+            ae.where, ae.type)});
+      plugin_call(c.origin("autoencoder"), "moving it to the device", [&] { c.autoencoder->to(ctx.device); });
+      return;  // trained on the data
+    }
+    if (trainable) {
+      if (config.autoencoder_run().empty())
+        throw ConfigError(
+            {fmt::format("{}: [autoencoder] (type '{}') must be trained before a flow can use it: set run = "
+                         "\"RUN_DIR\", a "
+                         "run of a pipeline with this [autoencoder] and no [model] (e.g. pathline run "
+                         "configs/fmnist-vae.toml)",
+                         ae.where, ae.type)});
+      load_autoencoder_run(config, registry, c);
+    }
+    plugin_call(c.origin("autoencoder"), "moving it to the device", [&] {
+      c.autoencoder->to(ctx.device);
+      c.autoencoder->eval();
+      for (auto& p : c.autoencoder->parameters()) p.set_requires_grad(false);
+    });
+    DataInfo latent =
+        plugin_call(c.origin("autoencoder"), "latent", [&] { return c.autoencoder->latent(ctx.data); });
+    if (latent.shape.empty() || latent.numel() <= 0)
+      throw ConfigError({fmt::format("{}: [autoencoder] (type '{}'): it reports an empty latent shape",
+                                     ae.where, ae.type)});
+    // Labels are the data's: guidance and class-conditional models see the same classes.
+    latent.num_classes = ctx.data.num_classes;
+    latent.class_names = ctx.data.class_names;
+    ctx.flow = latent;
+    c.latent = true;
   } else if (slot == "source") {
     ctx.source = c.source;
     const ComponentConfig& source = config.component("source");
@@ -310,20 +455,45 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));
 
   // Each slot in pipeline order (slots.hpp), then what the engine does with what it just built.
-#define PATHLINE_BUILD_SLOT(table, Interface, ...)                        \
-  c.table = build_slot<Interface>(config.component(#table), registry, c); \
-  after_building(#table, config, c);
+  // A pipeline that trains its autoencoder has no [model].
+#define PATHLINE_BUILD_SLOT(table, Interface, ...)                          \
+  if (config.components.count(#table)) {                                    \
+    c.table = build_slot<Interface>(config.component(#table), registry, c); \
+    after_building(#table, config, registry, c);                            \
+  }
   PATHLINE_SLOTS(PATHLINE_BUILD_SLOT)
 #undef PATHLINE_BUILD_SLOT
   for (const auto& m : config.metrics()) {
     BuiltMetric built{m.name, m.type, m.entry.integer("samples"), nullptr, {}};
     built.metric = build_slot<Metric>(m, registry, ctx, built.origin);
+    if (c.latent && m.type == "nll")
+      throw ConfigError({fmt::format(
+          "{}: [[metric]] (type 'nll') needs the flow to run on the data, but it runs in the latent space of "
+          "[autoencoder] (type '{}'), where the decoder's change of volume is unknown; remove the metric",
+          m.where, config.component("autoencoder").type)});
     c.metrics.push_back(std::move(built));
   }
   ctx.slot.clear();
+  if (config.trains_autoencoder()) return c;  // no flow to check
   check_non_affine(config, c);
   check_sampling(config, registry, c);
   return c;
+}
+
+torch::Tensor Components::to_flow(const torch::Tensor& x, const Condition& condition) const {
+  if (!latent) return x;
+  torch::NoGradGuard no_grad;
+  Posterior posterior =
+      plugin_call(origin("autoencoder"), "encode", [&] { return autoencoder->encode(x, condition); });
+  return latent_scale == 1.0 ? posterior.mean : posterior.mean * latent_scale;
+}
+
+torch::Tensor Components::to_data(const torch::Tensor& z, const Condition& condition) const {
+  if (!latent) return z;
+  torch::NoGradGuard no_grad;
+  return plugin_call(origin("autoencoder"), "decode", [&] {
+    return autoencoder->decode(latent_scale == 1.0 ? z : z / latent_scale, condition);
+  });
 }
 
 const ComponentOrigin& Components::origin(const std::string& slot) const {

@@ -478,3 +478,27 @@ def test_the_interpreter_exits_cleanly_with_models_alive(trained):
             "m(torch.randn(3, 2), 0.5); s = run.sample(10); pathline._engines.clear()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_latent_runs_train_an_autoencoder_and_sample_decoded_images(tmp_path):
+    """A pipeline without [model] trains its autoencoder; a flow on its latents samples images."""
+    data = '[run]\nthreads = 1\n[dataset]\ntype = "fashion_mnist"\nlimit = 64\n'
+    (tmp_path / "vae.toml").write_text(data + '[autoencoder]\ntype = "conv_vae"\nchannels = 4\npadding = 2\n'
+                                       '[train]\nsteps = 4\nbatch_size = 16\n[sample]\nn = 20\n')
+    vae = pathline.Pipeline.from_file(tmp_path / "vae.toml").run(run_dir=tmp_path / "vae", log=False)
+    assert vae.summary["autoencoder"]["latent_shape"] == [4, 8, 8]
+    with pytest.raises(pathline.InputError, match="an autoencoder run"):
+        vae.sample(4)
+    (tmp_path / "flow.toml").write_text(
+        data + f'[autoencoder]\ntype = "conv_vae"\nrun = "{vae.dir}"\n'
+        '[model]\ntype = "dit"\npatch_size = 2\nhidden = 16\ndepth = 1\nheads = 2\n'
+        '[train]\nsteps = 3\nbatch_size = 16\n[sample]\nn = 10\ntrajectories = 0\n')
+    flow = pathline.Pipeline.from_file(tmp_path / "flow.toml")
+    assert "channels = 4" in flow.toml  # the autoencoder's settings come from its run
+    run = flow.run(run_dir=tmp_path / "flow", log=False)
+    assert run.sample(6, seed=1).shape == (6, 1, 28, 28)
+    # The model is the network on latents; noise is latent noise.
+    assert run.model(torch.zeros(2, 4, 8, 8), torch.full((2,), 0.5), labels=torch.tensor([0, 1])).shape == (2, 4, 8, 8)
+    assert run.sample(noise=torch.zeros(3, 4, 8, 8)).shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError):
+        run.sample(noise=torch.zeros(3, 1, 28, 28))

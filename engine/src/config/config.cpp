@@ -61,6 +61,12 @@ const std::vector<ParamSpec>& entry_specs(const std::string& table) {
       ParamSpec::integer("samples", 0, "how many of the generated samples it judges; 0 judges all of them")
           .at_least(0),
   };
+  static const std::vector<ParamSpec> autoencoder = {ParamSpec::string(
+      "run", "",
+      "the run directory of a trained autoencoder (a pipeline without [model] trains one): its "
+      "weights, settings and latent scale are read from there; \"\" with a [model] is an error for "
+      "an autoencoder that must be trained (identity needs none)")};
+  if (table == "autoencoder") return autoencoder;
   return table == "metric" ? metric : none;
 }
 

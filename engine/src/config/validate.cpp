@@ -298,11 +298,19 @@ class Validator {
     return slot.default_type;
   }
 
+  // A pipeline without [model] whose [autoencoder] names no trained run trains that autoencoder.
+  static bool trains_autoencoder(const toml::table& root) {
+    const toml::table* table = root.get_as<toml::table>("autoencoder");
+    if (!table) return false;
+    const toml::node* run = table->get("run");
+    return !run || (run->is_string() && run->as_string()->get().empty());
+  }
+
   void read_single(const SlotSpec& slot, toml::table& root, PipelineConfig& config) {
     toml::node* node = root.get(slot.table);
     if (!node) {
       if (slot.default_type.empty()) {
-        if (slot.required)
+        if (slot.required && !(slot.table == "model" && trains_autoencoder(root)))
           report(slot.table, "", nullptr,
                  fmt::format("missing table [{}]; registered {}: {}", slot.table, plural(slot.kind),
                              join_or_none(registry_.names(slot.kind))));
@@ -681,6 +689,38 @@ class Validator {
 
 }  // namespace
 
+namespace {
+
+// A flow pipeline whose [autoencoder] names a trained run takes the run's settings for every key it
+// leaves out, so that its resolved config says what the flow uses. Whatever does not fit (no such
+// run, another type, a key set to another value) is left for build_components to report.
+void adopt_autoencoder_settings(PipelineConfig& config, const Registry& registry) {
+  auto given = config.components.find("autoencoder");
+  if (given == config.components.end() || config.trains_autoencoder()) return;
+  const std::string run = config.autoencoder_run();
+  if (run.empty() || given->second.type == "identity") return;
+  std::error_code ec;
+  const std::filesystem::path file = std::filesystem::path(run) / "config.toml";
+  if (!std::filesystem::is_regular_file(file, ec)) return;
+  PipelineConfig trained;
+  try {
+    ConfigOptions options;
+    options.check_device = false;
+    trained = load_config(file, registry, options);
+  } catch (const Error&) {
+    return;
+  }
+  auto ae = trained.components.find("autoencoder");
+  if (!trained.trains_autoencoder() || ae == trained.components.end() ||
+      ae->second.type != given->second.type)
+    return;
+  for (const auto& key : given->second.order)
+    if (!config.positions.count("autoencoder." + key) && ae->second.params.contains(key))
+      given->second.params.set(key, ae->second.params.at(key));
+}
+
+}  // namespace
+
 PipelineConfig parse_config(const std::string& text, const std::string& name, const Registry& registry,
                             const ConfigOptions& options) {
   toml::table root;
@@ -694,7 +734,9 @@ PipelineConfig parse_config(const std::string& text, const std::string& name, co
         {fmt::format("{}:{}:{}: TOML syntax error: {}", name, begin.line, begin.column, description)});
   }
   Validator validator(name, registry, options);
-  return validator.run(root);
+  PipelineConfig config = validator.run(root);
+  adopt_autoencoder_settings(config, registry);
+  return config;
 }
 
 PipelineConfig load_config(const std::filesystem::path& file, const Registry& registry,

@@ -44,7 +44,14 @@ std::string PipelineConfig::to_toml() const {
     }
     auto it = components.find(slot.table);
     if (it == components.end()) continue;
+    // No autoencoder is what a pipeline without the table has: left out, as before the slot existed.
+    if (slot.table == "autoencoder" && it->second.type == "identity" && autoencoder_run().empty()) continue;
     out += "\n[" + slot.table + "]\ntype = " + toml_string(it->second.type) + "\n";
+    for (const auto& spec : entry_specs(slot.table))
+      out += spec.name + " = " +
+             toml_value(it->second.entry.contains(spec.name) ? it->second.entry.at(spec.name)
+                                                             : *spec.default_value) +
+             "\n";
     write_values(it->second.params, it->second.order);
   }
   for (const auto& t : kEngineTables) {

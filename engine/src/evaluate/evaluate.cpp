@@ -1,5 +1,7 @@
 #include "pathline/engine/evaluate.hpp"
 
+#include <optional>
+
 #include "pathline/engine/random.hpp"
 
 namespace pathline {
@@ -17,11 +19,18 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
   Batch reference = plugin_call(c.origin("dataset"), "drawing the reference",
                                 [&] { return c.dataset->sample(reference_n, gen); });
 
-  const SamplingInterval interval = sampling_interval(config, c);
+  // The model as a field, for likelihood metrics: only where the flow runs on the data (an
+  // autoencoder's pipeline has no model; a latent flow's field lives in another space than the
+  // samples, and the decoder's change of volume is unknown).
   c10::InferenceMode inference;
-  const std::int64_t rank = static_cast<std::int64_t>(c.flow().shape.size()) + 1;
-  ModelField field(*c.model, *c.path, *c.parameterization, rank, config.sample.guidance_scale);
-  field.name_components(c);
+  const bool with_field = c.model && !c.latent;
+  const SamplingInterval interval = c.model ? sampling_interval(config, c) : SamplingInterval{};
+  std::optional<ModelField> field;
+  if (with_field) {
+    const std::int64_t rank = static_cast<std::int64_t>(c.flow().shape.size()) + 1;
+    field.emplace(*c.model, *c.path, *c.parameterization, rank, config.sample.guidance_scale);
+    field->name_components(c);
+  }
   for (auto& m : c.metrics) {
     const std::int64_t used = m.samples > 0 ? std::min(m.samples, n) : n;
     MetricInput input;
@@ -29,7 +38,7 @@ std::vector<MetricRecord> evaluate(const PipelineConfig& config, Components& c, 
     if (labels.defined()) input.generated_labels = labels.narrow(0, 0, used);
     input.reference = reference.x;
     input.reference_labels = reference.labels;
-    input.field = &field;
+    input.field = field ? &*field : nullptr;
     input.t_start = interval.t_start;
     input.t_end = interval.t_end;
     input.generator = &gen;

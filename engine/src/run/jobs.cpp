@@ -55,8 +55,17 @@ fs::path create_run_dir(const PipelineConfig& config, const std::optional<fs::pa
   return dir;
 }
 
+namespace {
+
+void save_module_weights(torch::nn::Module& module, const fs::path& file,
+                         const std::map<std::string, std::string>& metadata) {
+  write_safetensors(file, named_weights(module), metadata);
+}
+
+}  // namespace
+
 void save_weights(Model& model, const fs::path& file, const std::map<std::string, std::string>& metadata) {
-  write_safetensors(file, named_weights(model), metadata);
+  save_module_weights(model, file, metadata);
 }
 
 void load_weights(Model& model, const fs::path& file) {
@@ -98,7 +107,8 @@ std::string run_weights_file(const fs::path& run_dir, bool use_ema) {
 namespace {
 
 // Puts `weights` (in model.parameters() order) into the model and returns what was there.
-std::vector<torch::Tensor> swap_parameters(Model& model, const std::vector<torch::Tensor>& weights) {
+std::vector<torch::Tensor> swap_parameters(torch::nn::Module& model,
+                                           const std::vector<torch::Tensor>& weights) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> params = model.parameters(), previous;
   for (std::size_t i = 0; i < params.size(); ++i) {
@@ -258,6 +268,11 @@ void write_loss_curve(const fs::path& dir, const TrainResult& trained) {
 // "model: mlp, 198,402 parameters, 0.20 M multiply-accumulates per sample"
 std::string describe_model(const PipelineConfig& config, const Components& c) {
   std::int64_t count = 0;
+  if (!c.model) {
+    for (const auto& p : c.autoencoder->parameters()) count += p.numel();
+    return fmt::format("autoencoder: {}, {} parameters (trained on the data; no flow)",
+                       config.component("autoencoder").type, count);
+  }
   for (const auto& p : c.model->parameters()) count += p.numel();
   std::string text = fmt::format("model: {}, {} parameters", config.component("model").type, count);
   if (double macs = c.model->macs_per_sample(); macs > 0)
@@ -394,6 +409,13 @@ LoadedRun open_run(const fs::path& run_dir, const Registry& registry,
   ConfigOptions options;
   options.overrides = overrides;
   PipelineConfig config = load_config(run_dir / "config.toml", registry, options);
+  if (config.trains_autoencoder())
+    throw InputError(
+        run_dir.string() +
+        ": an autoencoder run (its pipeline has no [model]): it has no flow to sample or evaluate; "
+        "its reconstructions' metrics are in summary.json, and a flow pipeline uses it with "
+        "[autoencoder] run = \"" +
+        run_dir.string() + "\"");
   apply_thread_setting(config);
   Components c = build_components(config, registry);
   std::string weights;
@@ -424,10 +446,131 @@ void log_weights(const Logger& log, const std::string& weights, const fs::path& 
             : "weights: " + weights);
 }
 
+// The scale that gives the encoded data unit variance: 1 / the standard deviation of the posterior
+// means of `n` data samples (one draw from its own stream, so that it never depends on training).
+double measure_latent_scale(const PipelineConfig& config, Components& c, std::int64_t n) {
+  at::Generator gen = make_generator(config.run.seed, Stream::eval);
+  Batch batch =
+      plugin_call(c.origin("dataset"), "drawing a batch", [&] { return c.dataset->sample(n, gen); });
+  c10::InferenceMode inference;
+  std::vector<torch::Tensor> means;
+  const std::int64_t chunk = std::max<std::int64_t>(1, config.sample.batch_size);
+  for (std::int64_t done = 0; done < n; done += chunk) {
+    const std::int64_t size = std::min(chunk, n - done);
+    Condition condition;
+    if (batch.labels.defined()) condition.labels = batch.labels.narrow(0, done, size).to(c.context.device);
+    torch::Tensor x = batch.x.narrow(0, done, size).to(c.context.device);
+    means.push_back(plugin_call(c.origin("autoencoder"), "encode", [&] {
+                      return c.autoencoder->encode(x, condition).mean;
+                    }).to(torch::kCPU, torch::kFloat64));
+  }
+  const double std = torch::cat(means).std().item<double>();
+  if (!std::isfinite(std) || std <= 0.0)
+    throw Error(
+        fmt::format("the autoencoder's latents of {} data samples have standard deviation {}: no latent "
+                    "scale can be measured",
+                    n, std));
+  return 1.0 / std;
+}
+
+// An autoencoder run's end: its weights (autoencoder.safetensors: EMA when kept, with the raw ones
+// beside), the latent scale (in the weights' metadata), the loss curve, and reconstructions of
+// [sample] n fresh data samples: reconstructions.npy, reconstructions.png (originals above, their
+// reconstructions below), the [[metric]] scores of the reconstructions, summary.json last.
+void finish_autoencoder_run(const PipelineConfig& config, Components& c, const fs::path& dir,
+                            const TrainResult& trained, const Logger& log) {
+  Autoencoder& ae = *c.autoencoder;
+  ae.eval();
+  const double scale = measure_latent_scale(config, c, std::max<std::int64_t>(config.sample.n, 1000));
+  const DataInfo latent = plugin_call(c.origin("autoencoder"), "latent", [&] { return ae.latent(c.data()); });
+  std::map<std::string, std::string> metadata = {
+      {"pathline.autoencoder", config.component("autoencoder").type},
+      {"pathline.weights", trained.ema.empty() ? "raw" : "ema"},
+      {"pathline.data_shape", shape_text(c.data().shape)},
+      {"pathline.latent_shape", shape_text(latent.shape)},
+      {"pathline.latent_scale", fmt::format("{:.17g}", scale)}};
+  if (!trained.ema.empty()) {
+    std::vector<torch::Tensor> in_use = swap_parameters(ae, trained.raw);
+    metadata["pathline.weights"] = "raw";
+    save_module_weights(ae, dir / "autoencoder-raw.safetensors", metadata);
+    swap_parameters(ae, in_use);
+    metadata["pathline.weights"] = "ema";
+  }
+  write_loss_curve(dir, trained);
+  if (log)
+    log(fmt::format("autoencoder: latent shape {} ({:.1f}x fewer numbers than the data), latent scale {:.4g}",
+                    shape_text(latent.shape),
+                    static_cast<double>(c.data().numel()) / static_cast<double>(latent.numel()), scale));
+
+  // Reconstructions of fresh data.
+  at::Generator gen = make_generator(config.run.seed, Stream::sample);
+  const std::int64_t n = config.sample.n;
+  Batch data = plugin_call(c.origin("dataset"), "drawing a batch", [&] { return c.dataset->sample(n, gen); });
+  std::vector<torch::Tensor> parts;
+  {
+    c10::InferenceMode inference;
+    const std::int64_t chunk = std::max<std::int64_t>(1, config.sample.batch_size);
+    for (std::int64_t done = 0; done < n; done += chunk) {
+      const std::int64_t size = std::min(chunk, n - done);
+      Condition condition;
+      if (data.labels.defined()) condition.labels = data.labels.narrow(0, done, size).to(c.context.device);
+      torch::Tensor x = data.x.narrow(0, done, size).to(c.context.device);
+      parts.push_back(plugin_call(c.origin("autoencoder"), "reconstructing", [&] {
+                        return ae.decode(ae.encode(x, condition).mean, condition);
+                      }).to(torch::kCPU, torch::kFloat32));
+    }
+  }
+  torch::Tensor recon = torch::cat(parts);
+  torch::Tensor originals = data.x.to(torch::kFloat32);
+  if (recon.sizes() != originals.sizes())
+    throw Error(fmt::format("[autoencoder] (type '{}'): decode(encode(x)) is shaped {}, the data {}",
+                            config.component("autoencoder").type, shape_text(recon.sizes().vec()),
+                            shape_text(originals.sizes().vec())));
+  const DataInfo& info = c.data();
+  if (std::isfinite(info.min_value) && std::isfinite(info.max_value))
+    recon = recon.clamp(info.min_value, info.max_value);
+  const double mse = (recon - originals).square().mean().item<double>();
+  write_npy(dir / "reconstructions.npy", recon);
+  if (data.labels.defined()) write_npy(dir / "labels.npy", data.labels.to(torch::kInt64));
+  if (log) log(fmt::format("reconstruct: {} fresh data samples, mean squared error {:.5f}", n, mse));
+  json summary = metrics_json(evaluate(config, c, recon, data.labels), log);
+  summary["train"] = train_json(trained);
+  summary["autoencoder"] = {{"type", config.component("autoencoder").type},
+                            {"data_shape", c.data().shape},
+                            {"latent_shape", latent.shape},
+                            {"latent_scale", number(scale)},
+                            {"reconstruction_mse", number(mse)},
+                            {"reconstructed", n}};
+  summary["platform"] = platform_json(c);
+  if (info.is_image()) {
+    // Rows of ten: originals above, their reconstructions below, three such pairs.
+    const std::int64_t cols = std::min<std::int64_t>(10, n);
+    std::vector<torch::Tensor> rows;
+    std::vector<std::string> labels;
+    for (std::int64_t r = 0; r < 3 && (r + 1) * cols <= n; ++r) {
+      rows.push_back(originals.narrow(0, r * cols, cols));
+      rows.push_back(recon.narrow(0, r * cols, cols));
+      labels.push_back("data");
+      labels.push_back("reconstructed");
+    }
+    if (!rows.empty()) {
+      const double lo = std::isfinite(info.min_value) ? info.min_value : -1.0;
+      const double hi = std::isfinite(info.max_value) ? info.max_value : 1.0;
+      write_image_sheet(dir / "reconstructions.png", torch::cat(rows), cols, lo, hi, labels, {},
+                        fmt::format("{} reconstructions (latent {})", config.component("autoencoder").type,
+                                    shape_text(latent.shape)));
+    }
+  }
+  // The weights last but one, summary.json last: a flow can use the run once both are there.
+  save_module_weights(ae, dir / kAutoencoderWeights, metadata);
+  write_file_atomic(dir / "summary.json", summary.dump(2) + "\n");
+}
+
 // After training: the weights (raw, and EMA beside them), the loss curve, and for `run` the
 // samples, metrics, pictures and summary.json (always written last: its presence means done).
 void finish_run(const PipelineConfig& config, Components& c, const fs::path& dir, const TrainResult& trained,
                 bool do_sample, const Logger& log) {
+  if (!c.model) return finish_autoencoder_run(config, c, dir, trained, log);
   // model.safetensors: the EMA weights when kept, else the raw ones (the weights sampling uses by
   // default); with EMA, model-raw.safetensors beside it. Tensors under the module tree's names.
   std::map<std::string, std::string> metadata = {{"pathline.model", config.component("model").type},

@@ -333,6 +333,13 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
       x = field.data(x, t_end);
       if (request.observer) request.observer(1.0, x);
     }
+    // A latent flow's samples are decoded to the data's space.
+    if (c.latent) {
+      Condition condition;
+      if (result.labels.defined())
+        condition.labels = result.labels.narrow(0, done, size).to(c.context.device);
+      x = c.to_data(x, condition);
+    }
     chunks.push_back(x.to(torch::kCPU));
     if (done == 0) result.nfe = field.evaluations();
     if (progress)
@@ -341,6 +348,13 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.samples = torch::cat(chunks);
+  if (!states.empty() && c.latent) {
+    // Every frame decoded, so that a trajectory shows data-space pictures.
+    Condition condition;
+    if (result.labels.defined())
+      condition.labels = result.labels.narrow(0, 0, traj_count).to(c.context.device);
+    for (auto& state : states) state = c.to_data(state.to(c.context.device), condition).to(torch::kCPU);
+  }
   if (!states.empty()) result.trajectories = torch::stack(states);
   return result;
 }

@@ -30,7 +30,11 @@ std::map<std::string, std::string> training_keys(const PipelineConfig& config) {
   std::map<std::string, std::string> keys;
   for (const auto& [table, component] : config.components) {
     if (!slots.count(table)) continue;
+    // The identity autoencoder is what a pipeline without [autoencoder] has: runs from before the
+    // slot existed keep their keys.
+    if (table == "autoencoder" && component.type == "identity") continue;
     keys[table + ".type"] = component.type;
+    for (const auto& [key, value] : component.entry.values()) keys[table + "." + key] = format_value(value);
     for (const auto& key : component.order) keys[table + "." + key] = format_value(component.params.at(key));
   }
   const Params& run = config.table("run");

@@ -218,10 +218,14 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   const TrainSettings& tp = config.train;
   TrainResult result;
   const std::int64_t steps = tp.steps;
-  if (!c.model->trainable() || steps == 0) {
+  // A pipeline without [model] trains its autoencoder (build_components checked that it can).
+  const bool trainable = c.model ? c.model->trainable() : true;
+  torch::nn::Module& trained =
+      c.model ? static_cast<torch::nn::Module&>(*c.model) : static_cast<torch::nn::Module&>(*c.autoencoder);
+  if (!trainable || steps == 0) {
     if (log)
-      log(c.model->trainable() ? "train: steps = 0, nothing to train"
-                               : "train: the model has nothing to learn; skipping training");
+      log(trainable ? "train: steps = 0, nothing to train"
+                    : "train: the model has nothing to learn; skipping training");
     return result;
   }
   const std::int64_t log_every = tp.log_every, checkpoint_every = tp.checkpoint_every;
@@ -368,7 +372,7 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   result.seconds = seconds;
   result.samples_per_second = done > 0 ? static_cast<double>(done * tp.batch_size) / seconds : 0.0;
   // A training step costs about three forward passes (forward, and backward's two products).
-  if (double macs = c.model->macs_per_sample(); macs > 0)
+  if (double macs = c.model ? c.model->macs_per_sample() : 0.0; macs > 0)
     result.gflops = 3.0 * 2.0 * macs * result.samples_per_second / 1e9;
   if (log && dp && done > 0)
     log(
@@ -384,11 +388,11 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
         result.skipped > 0 ? fmt::format(", {} non-finite batches skipped", result.skipped) : std::string()));
   if (trainer.has_ema()) {
     torch::NoGradGuard no_grad;
-    for (const auto& p : c.model->parameters()) result.raw.push_back(p.detach().clone());
+    for (const auto& p : trained.parameters()) result.raw.push_back(p.detach().clone());
     result.ema = trainer.ema_weights();
     if (config.sample.use_ema) trainer.copy_sampling_weights_to_model();
   }
-  c.model->eval();
+  trained.eval();
   return result;
 }
 

@@ -46,8 +46,10 @@ std::int64_t fault_step() {
 
 Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint64_t rank)
     : c_(components),
-      model_(*components.model),
-      params_(components.model->parameters()),
+      model_(components.model ? static_cast<torch::nn::Module&>(*components.model)
+                              : static_cast<torch::nn::Module&>(*components.autoencoder)),
+      autoencoder_(!components.model),
+      params_(model_.parameters()),
       grads_(std::make_unique<GradientBuckets>()),
       gen_(make_generator(config.run.seed, Stream::train, rank)),
       schedule_(config.train),
@@ -98,10 +100,25 @@ Trainer::Draw Trainer::draw(at::Generator& gen, std::int64_t n) {
   const torch::Device device = c_.context.device;
   Batch target =
       plugin_call(c_.origin("dataset"), "drawing a batch", [&] { return c_.dataset->sample(n, gen); });
+  if (autoencoder_) {
+    // Training the autoencoder: the data batch is all there is.
+    Draw d;
+    d.x1 = to_device(target.x, device);
+    if (target.labels.defined()) d.labels = to_device(target.labels.to(torch::kInt64), device);
+    for (auto& [name, tensor] : target.extras) d.extras[name] = to_device(tensor, device);
+    return d;
+  }
   Batch source =
       plugin_call(c_.origin("source"), "drawing a batch", [&] { return c_.source->sample(n, gen); });
   target.x = to_device(target.x, device);
   source.x = to_device(source.x, device);
+  if (c_.latent) {
+    // A latent flow learns on the encoded batch (the posterior mean, scaled); the frozen encoder
+    // sees the batch's labels before any dropout.
+    Condition condition;
+    if (target.labels.defined()) condition.labels = to_device(target.labels.to(torch::kInt64), device);
+    target.x = c_.to_flow(target.x, condition);
+  }
   std::tie(source, target) = plugin_call(c_.origin("coupling"), "coupling a batch", [&] {
     return c_.coupling->couple(std::move(source), std::move(target), gen);
   });
@@ -179,7 +196,7 @@ torch::Tensor Trainer::step() {
   }
   const torch::Tensor& t = all.t;
   const torch::Tensor& labels = all.labels;
-  const std::int64_t batch = t.size(0);
+  const std::int64_t batch = all.x1.size(0);
 
   for (auto& p : params_) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
   // The whole batch is drawn at once (so that couplings see all of it and the draws do not depend
@@ -193,10 +210,31 @@ torch::Tensor Trainer::step() {
     const std::int64_t first = begin;
     begin += size;
     auto part = [&](const torch::Tensor& x) { return accumulate_ == 1 ? x : x.narrow(0, first, size); };
-    torch::Tensor t_k = part(t), x0 = part(all.x0), x1 = part(all.x1), x_t = part(all.at.x_t);
     Condition condition;
     if (labels.defined()) condition.labels = part(labels);
     for (const auto& [name, tensor] : all.extras) condition.extras[name] = part(tensor);
+    // The share of the (global) batch these samples are: the mean over ranks of the ranks' losses is
+    // then the mean over the whole batch, also when the shares differ by one.
+    const double share =
+        static_cast<double>(size) / static_cast<double>(batch) *
+        (dp_ ? static_cast<double>(batch * dp_->world().world_size) / static_cast<double>(batch_) : 1.0);
+    if (autoencoder_) {
+      torch::Tensor loss;
+      {
+        AutocastGuard autocast(bf16_, device);
+        loss = plugin_call(c_.origin("autoencoder"), "loss",
+                           [&] { return c_.autoencoder->loss(part(all.x1), condition, gen_).loss; });
+      }
+      if (!loss.defined() || loss.numel() != 1)
+        throw Error(fmt::format("[autoencoder] (type '{}'): its loss is not a scalar",
+                                c_.origin("autoencoder").type));
+      loss = loss.to(torch::kFloat32).reshape({});
+      if (share != 1.0) loss = loss * share;
+      loss.backward();
+      total = total.defined() ? total + loss.detach() : loss.detach();
+      continue;
+    }
+    torch::Tensor t_k = part(t), x0 = part(all.x0), x1 = part(all.x1), x_t = part(all.at.x_t);
     PathCoefficients coef = plugin_call(c_.origin("path"), "coefficients",
                                         [&] { return c_.path->coefficients(t_k).broadcast_to_rank(rank_); });
     // An affine path's targets come from the parameterization; any other path's draw carries its
@@ -208,17 +246,12 @@ torch::Tensor Trainer::step() {
     {
       AutocastGuard autocast(bf16_, device);
       output =
-          plugin_call(c_.origin("model"), "forward", [&] { return model_.forward(x_t, t_k, condition); });
+          plugin_call(c_.origin("model"), "forward", [&] { return c_.model->forward(x_t, t_k, condition); });
     }
     if (output.scalar_type() != goal.scalar_type()) output = output.to(goal.scalar_type());
     torch::Tensor weight = weighting_(coef, t_k);
     torch::Tensor loss =
         weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
-    // The share of the (global) batch these samples are: the mean over ranks of the ranks' losses is
-    // then the mean over the whole batch, also when the shares differ by one.
-    const double share =
-        static_cast<double>(size) / static_cast<double>(batch) *
-        (dp_ ? static_cast<double>(batch * dp_->world().world_size) / static_cast<double>(batch_) : 1.0);
     if (share != 1.0) loss = loss * share;
     loss.backward();
     total = total.defined() ? total + loss.detach() : loss.detach();

@@ -28,7 +28,8 @@
   X(model, Model)                       \
   X(solver, Solver)                     \
   X(time_grid, TimeGrid)                \
-  X(metric, Metric)
+  X(metric, Metric)                     \
+  X(autoencoder, Autoencoder)
 
 namespace pathline {
 
@@ -141,8 +142,8 @@ class Path;
 class Parameterization;
 
 // What the engine knows when it builds a component. Components are built in pipeline order (data
-// set, source, path, coupling, time sampler, parameterization, model, solver, time grid, metrics);
-// later ones see the earlier ones, so that, say, an exact marginal-velocity model can be built from
+// set, autoencoder, source, path, coupling, time sampler, parameterization, model, solver, time grid,
+// metrics); later ones see the earlier ones, so that, say, an exact marginal-velocity model can be built from
 // the data set and the path.
 struct BuildContext {
   DataInfo data;  // the target data set's; empty only while the data set itself is being built
@@ -172,10 +173,10 @@ using Factory = std::function<std::shared_ptr<Interface>(const Params&, const Bu
 using ErasedFactory = std::function<std::shared_ptr<void>(const Params&, const BuildContext&)>;
 
 // How a component presents itself: its name in `type = "..."`, a one-line doc, its parameters, and
-// the types it suggests for later slots that a pipeline leaves out (pipeline order: dataset, source,
-// path, coupling, time_sampler, parameterization, model, solver, time_grid). The variance-exploding
-// path suggests {{"solver", "heun"}}, which follows its flow closer than the default euler. A
-// pipeline that names the slot, or an earlier component's suggestion for it, wins.
+// the types it suggests for later slots that a pipeline leaves out (pipeline order: dataset,
+// autoencoder, source, path, coupling, time_sampler, parameterization, model, solver, time_grid). The
+// variance-exploding path suggests {{"solver", "heun"}}, which follows its flow closer than the default
+// euler. A pipeline that names the slot, or an earlier component's suggestion for it, wins.
 struct ComponentDecl {
   std::string name;
   std::string doc;

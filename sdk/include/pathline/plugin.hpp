@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "pathline/abi.hpp"
+#include "pathline/autoencoder.hpp"
 #include "pathline/coupling.hpp"
 #include "pathline/dataset.hpp"
 #include "pathline/metric.hpp"
@@ -56,14 +57,14 @@ class PATHLINE_API Registrar {
 
   // registrar.add<Path>({"linear", "x_t = t x1 + (1 - t) x0", {}}, factory). Interface is a kind's
   // interface (Dataset, Path, Coupling, TimeSampler, Parameterization, Model, Solver, TimeGrid,
-  // Metric) or a class derived from one (FixedStepSolver registers a Solver).
+  // Metric, Autoencoder) or a class derived from one (FixedStepSolver registers a Solver).
   template <class Interface>
   void add(ComponentDecl decl, Factory<Interface> factory) {
     using Base = KindInterfaceOf<Interface>;
     static_assert(!std::is_void_v<Base>,
                   "add<Interface>/add_type<Interface, Concrete>: Interface must be one of the kind "
                   "interfaces (Dataset, Path, Coupling, TimeSampler, Parameterization, Model, Solver, "
-                  "TimeGrid, Metric) or derive from one");
+                  "TimeGrid, Metric, Autoencoder) or derive from one");
     add_component(
         KindOf<Base>::value, std::move(decl),
         [factory = std::move(factory)](const Params& p, const BuildContext& ctx) -> std::shared_ptr<void> {

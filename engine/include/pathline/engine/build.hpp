@@ -1,6 +1,7 @@
 // Components from a validated config, in pipeline order.
 #pragma once
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -35,6 +36,20 @@ struct Components {
   // Where each single slot's component came from (by slot table name), for plugin_call.
   std::map<std::string, ComponentOrigin> origins;
 
+  // The flow runs in an autoencoder's latent space (any [autoencoder] but identity): training
+  // encodes data batches, sampling decodes what the solver returns. False for a pipeline that trains
+  // its autoencoder (no [model]): that one works on the data.
+  bool latent = false;
+  // Latents are encode(x).mean * latent_scale (unit variance over the data; measured when the
+  // autoencoder was trained, read from its run).
+  double latent_scale = 1.0;
+  std::filesystem::path autoencoder_run;  // the trained autoencoder's run directory ("" for none)
+
+  // Data batches [B, *data shape] to the flow's space, and back (the posterior mean, scaled; no
+  // gradients). Identity when `latent` is false.
+  torch::Tensor to_flow(const torch::Tensor& x, const Condition& condition) const;
+  torch::Tensor to_data(const torch::Tensor& z, const Condition& condition) const;
+
   const DataInfo& data() const { return context.data; }
   // The space the flow runs in (BuildContext::flow): the data's unless set otherwise.
   const DataInfo& flow() const { return context.flow_space(); }
@@ -42,6 +57,9 @@ struct Components {
   // (components assembled by hand, in tests).
   const ComponentOrigin& origin(const std::string& slot) const;
 };
+
+// An autoencoder run's weights file and the settings saved with it.
+inline constexpr const char* kAutoencoderWeights = "autoencoder.safetensors";
 
 // Builds every slot in pipeline order; checks what only the built components can tell (the source
 // draws samples shaped like the data; labels asked for exist; the sampling interval and the solver's

@@ -79,6 +79,14 @@ struct PipelineConfig {
   std::map<std::string, std::string> positions;
 
   const ComponentConfig& component(const std::string& slot) const { return components.at(slot); }
+  // A pipeline without [model] trains its [autoencoder] (which then names no trained run).
+  bool trains_autoencoder() const { return components.count("model") == 0; }
+  // The trained autoencoder run a flow pipeline's [autoencoder] names ("" for none).
+  std::string autoencoder_run() const {
+    auto it = components.find("autoencoder");
+    return it == components.end() || !it->second.entry.contains("run") ? std::string()
+                                                                       : it->second.entry.string("run");
+  }
   // positions.at(key), else the file's name: for messages about a value checked after validation.
   std::string position_of(const std::string& key) const {
     auto it = positions.find(key);

@@ -20,6 +20,10 @@ enum SlotPhase : unsigned { kTrainPhase = 1u, kSamplePhase = 2u, kEvaluatePhase 
 #define PATHLINE_SLOTS(X)                                                                                  \
   X(dataset, Dataset, "", true, kTrainPhase | kEvaluatePhase,                                              \
     "the target distribution q(x1): the data the flow learns to generate")                                 \
+  X(autoencoder, Autoencoder, "", false, kTrainPhase | kSamplePhase,                                       \
+    "maps the data to the latent space the flow runs in and back (none, or identity: the flow runs on "    \
+    "the data); "                                                                                          \
+    "a trained one is named by `run`, and a pipeline without [model] trains it")                           \
   X(source, Dataset, "gaussian", false, kTrainPhase | kSamplePhase,                                        \
     "the source distribution p(x0): the standard Gaussian, or any data set (e.g. 8gaussians to moons)")    \
   X(path, Path, "linear", false, kTrainPhase | kSamplePhase,                                               \

@@ -136,7 +136,9 @@ class PATHLINE_API Trainer {
   void start_collecting();
 
   Components& c_;
-  Model& model_;
+  // What is trained: the model, or (a pipeline without [model]) the autoencoder.
+  torch::nn::Module& model_;
+  bool autoencoder_ = false;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;  // unless fused
   std::unique_ptr<FusedAdam> fused_;
