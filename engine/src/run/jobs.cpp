@@ -446,25 +446,39 @@ void log_weights(const Logger& log, const std::string& weights, const fs::path& 
             : "weights: " + weights);
 }
 
+// `apply` on the rows of a data batch in chunks of [sample] batch_size (each chunk and its labels on
+// the run's device, inference mode), the results concatenated on the CPU as float.
+torch::Tensor by_chunks(const PipelineConfig& config, const Components& c, const Batch& batch,
+                        const std::function<torch::Tensor(const torch::Tensor&, const Condition&)>& apply,
+                        torch::ScalarType dtype) {
+  c10::InferenceMode inference;
+  const std::int64_t n = batch.x.size(0);
+  const std::int64_t chunk = std::max<std::int64_t>(1, config.sample.batch_size);
+  std::vector<torch::Tensor> parts;
+  for (std::int64_t done = 0; done < n; done += chunk) {
+    const std::int64_t size = std::min(chunk, n - done);
+    Condition condition;
+    if (batch.labels.defined()) condition.labels = batch.labels.narrow(0, done, size).to(c.context.device);
+    parts.push_back(
+        apply(batch.x.narrow(0, done, size).to(c.context.device), condition).to(torch::kCPU, dtype));
+  }
+  return torch::cat(parts);
+}
+
 // The scale that gives the encoded data unit variance: 1 / the standard deviation of the posterior
 // means of `n` data samples (one draw from its own stream, so that it never depends on training).
 double measure_latent_scale(const PipelineConfig& config, Components& c, std::int64_t n) {
   at::Generator gen = make_generator(config.run.seed, Stream::eval);
   Batch batch =
       plugin_call(c.origin("dataset"), "drawing a batch", [&] { return c.dataset->sample(n, gen); });
-  c10::InferenceMode inference;
-  std::vector<torch::Tensor> means;
-  const std::int64_t chunk = std::max<std::int64_t>(1, config.sample.batch_size);
-  for (std::int64_t done = 0; done < n; done += chunk) {
-    const std::int64_t size = std::min(chunk, n - done);
-    Condition condition;
-    if (batch.labels.defined()) condition.labels = batch.labels.narrow(0, done, size).to(c.context.device);
-    torch::Tensor x = batch.x.narrow(0, done, size).to(c.context.device);
-    means.push_back(plugin_call(c.origin("autoencoder"), "encode", [&] {
-                      return c.autoencoder->encode(x, condition).mean;
-                    }).to(torch::kCPU, torch::kFloat64));
-  }
-  const double std = torch::cat(means).std().item<double>();
+  const torch::Tensor means = by_chunks(
+      config, c, batch,
+      [&](const torch::Tensor& x, const Condition& condition) {
+        return plugin_call(c.origin("autoencoder"), "encode",
+                           [&] { return c.autoencoder->encode(x, condition).mean; });
+      },
+      torch::kFloat64);
+  const double std = means.std().item<double>();
   if (!std::isfinite(std) || std <= 0.0)
     throw Error(
         fmt::format("the autoencoder's latents of {} data samples have standard deviation {}: no latent "
@@ -506,21 +520,13 @@ void finish_autoencoder_run(const PipelineConfig& config, Components& c, const f
   at::Generator gen = make_generator(config.run.seed, Stream::sample);
   const std::int64_t n = config.sample.n;
   Batch data = plugin_call(c.origin("dataset"), "drawing a batch", [&] { return c.dataset->sample(n, gen); });
-  std::vector<torch::Tensor> parts;
-  {
-    c10::InferenceMode inference;
-    const std::int64_t chunk = std::max<std::int64_t>(1, config.sample.batch_size);
-    for (std::int64_t done = 0; done < n; done += chunk) {
-      const std::int64_t size = std::min(chunk, n - done);
-      Condition condition;
-      if (data.labels.defined()) condition.labels = data.labels.narrow(0, done, size).to(c.context.device);
-      torch::Tensor x = data.x.narrow(0, done, size).to(c.context.device);
-      parts.push_back(plugin_call(c.origin("autoencoder"), "reconstructing", [&] {
-                        return ae.decode(ae.encode(x, condition).mean, condition);
-                      }).to(torch::kCPU, torch::kFloat32));
-    }
-  }
-  torch::Tensor recon = torch::cat(parts);
+  torch::Tensor recon = by_chunks(
+      config, c, data,
+      [&](const torch::Tensor& x, const Condition& condition) {
+        return plugin_call(c.origin("autoencoder"), "reconstructing",
+                           [&] { return ae.decode(ae.encode(x, condition).mean, condition); });
+      },
+      torch::kFloat32);
   torch::Tensor originals = data.x.to(torch::kFloat32);
   if (recon.sizes() != originals.sizes())
     throw Error(fmt::format("[autoencoder] (type '{}'): decode(encode(x)) is shaped {}, the data {}",
