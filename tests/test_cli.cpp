@@ -25,7 +25,7 @@ const std::string kGood =
 TEST(Cli, VersionAndHelp) {
   auto v = run_cli("--version");
   EXPECT_EQ(v.code, 0);
-  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 7, LibTorch ") + TORCH_VERSION + ")\n");
+  EXPECT_EQ(v.out, std::string("pathline 0.1.0 (SDK ABI 8, LibTorch ") + TORCH_VERSION + ")\n");
   EXPECT_EQ(run_cli("--help").code, 0);
   EXPECT_EQ(run_cli("").code, 2);
   for (std::string cmd : {"plugins", "inspect", "validate", "run", "train", "resume", "sample", "eval"}) {

@@ -45,6 +45,7 @@ const Registry& registry() {
     declare<Coupling>(registrar, "independent", {});
     declare<TimeSampler>(registrar, "uniform", {});
     declare<Parameterization>(registrar, "velocity", {});
+    declare<Objective>(registrar, "flow_matching", {});
     declare<Model>(
         registrar, "mlp",
         {ParamSpec::integer("width", 256, "hidden units per layer").at_least(1),
@@ -114,9 +115,9 @@ std::vector<std::string> metric_names(const PipelineConfig& c) {
 TEST(ConfigSlots, OneTableInPipelineOrder) {
   std::vector<std::string> tables;
   for (const auto& slot : pipeline_slots()) tables.push_back(slot.table);
-  EXPECT_EQ(tables,
-            (std::vector<std::string>{"dataset", "autoencoder", "source", "path", "coupling", "time_sampler",
-                                      "parameterization", "model", "solver", "time_grid", "metric"}));
+  EXPECT_EQ(tables, (std::vector<std::string>{"dataset", "autoencoder", "source", "path", "coupling",
+                                              "time_sampler", "parameterization", "objective", "model",
+                                              "solver", "time_grid", "metric"}));
   ASSERT_NE(find_slot("source"), nullptr);
   EXPECT_EQ(find_slot("source")->kind, Kind::dataset);
   EXPECT_EQ(find_slot("source")->default_type, "gaussian");
@@ -257,11 +258,12 @@ TEST(Config, TomlSyntaxErrorGivesPosition) {
 }
 
 TEST(Config, UnknownTableSuggestsClosestAndListsEveryTable) {
-  EXPECT_EQ(
-      one_problem(kBase + "[trian]\nsteps = 5\n"),
-      "pipe.toml:8:2: unknown table [trian]; did you mean [train]? known tables: dataset, autoencoder, "
-      "source, path, "
-      "coupling, time_sampler, parameterization, model, solver, time_grid, metric, run, train, sample, eval");
+  EXPECT_EQ(one_problem(kBase + "[trian]\nsteps = 5\n"),
+            "pipe.toml:8:2: unknown table [trian]; did you mean [train]? known tables: dataset, autoencoder, "
+            "source, path, "
+            "coupling, time_sampler, parameterization, objective, model, solver, time_grid, metric, run, "
+            "train, sample, "
+            "eval");
 }
 
 TEST(Config, TopLevelKeyIsReported) {

@@ -15,6 +15,7 @@
 
 #include "pathline/engine/io.hpp"
 #include "pathline/engine/random.hpp"
+#include "pathline/engine/run.hpp"
 #include "pathline/engine/sample.hpp"
 
 namespace pathline {
@@ -203,8 +204,11 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
   if (!(interval.t_start < interval.t_end)) return;  // sample() says why
   // The point mass's exact flow is that of the affine path's coefficients; another path has its own.
   if (!c.path->affine()) return;
+  // A model trained on intervals gives solvers its average velocity (MeanFlow's one step).
+  const std::vector<std::string> times = c.model->times();
+  const bool intervals = std::find(times.begin(), times.end(), kIntervalEnd) != times.end();
   const double error = plugin_call(c.origin("solver"), "solving the point-mass check", [&] {
-    return noise_scale_error(*c.solver, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+    return noise_scale_error(*c.solver, *c.time_grid, *c.path, interval.t_start, interval.t_end, intervals);
   });
   if (error <= kMaxNoiseScaleError) return;
   const std::int64_t steps = c.solver->grid_steps();
@@ -216,7 +220,8 @@ void check_sampling(const PipelineConfig& config, const Registry& registry, Comp
       auto candidate = plugin_call(c.origin("solver"), "building it",
                                    [&] { return registry.create<Solver>(solver.type, params, c.context); });
       const double e = plugin_call(c.origin("solver"), "solving the point-mass check", [&] {
-        return noise_scale_error(*candidate, *c.time_grid, *c.path, interval.t_start, interval.t_end);
+        return noise_scale_error(*candidate, *c.time_grid, *c.path, interval.t_start, interval.t_end,
+                                 intervals);
       });
       if (e <= kMaxNoiseScaleError) {
         advice = fmt::format("solver.steps = {} ({:.1f}%), ", more, 100 * e);
@@ -420,10 +425,41 @@ void after_building(const std::string& slot, const PipelineConfig& config, const
           shape_text(ctx.flow.shape))});
   } else if (slot == "path") {
     ctx.path = c.path;
+  } else if (slot == "time_sampler") {
+    ctx.time_sampler = c.time_sampler;
   } else if (slot == "parameterization") {
     ctx.parameterization = c.parameterization;
+  } else if (slot == "objective") {
+    ctx.model_times =
+        plugin_call(c.origin("objective"), "model_times", [&] { return c.objective->model_times(); });
   } else if (slot == "model") {
+    const ComponentConfig& model = config.component("model");
+    const std::vector<std::string> takes =
+        plugin_call(c.origin("model"), "times", [&] { return c.model->times(); });
+    for (const auto& name : ctx.model_times)
+      if (std::find(takes.begin(), takes.end(), name) == takes.end())
+        throw ConfigError(
+            {fmt::format("{}: [model] (type '{}') does not take the time '{}' beside t, which [objective] "
+                         "(type '{}') trains "
+                         "it on (models that do: mlp, unet, dit)",
+                         model.where, model.type, name, config.component("objective").type)});
     plugin_call(c.origin("model"), "moving it to the device", [&] { c.model->to(ctx.device); });
+    // A coupling may start the model from trained weights (reflow's student starts as its teacher).
+    const std::string initial =
+        plugin_call(c.origin("coupling"), "initial_weights", [&] { return c.coupling->initial_weights(); });
+    if (!initial.empty()) {
+      try {
+        load_weights(*c.model, initial);
+      } catch (const InputError& e) {
+        std::string why = e.what();
+        why = why.substr(0, why.find('\n'));
+        const ComponentConfig& coupling = config.component("coupling");
+        throw ConfigError(
+            {fmt::format("{}: [coupling] (type '{}') starts the model from {}, which does not fit this "
+                         "[model] (type '{}'): {}",
+                         coupling.where, coupling.type, initial, model.type, why)});
+      }
+    }
   }
 }
 
@@ -453,6 +489,15 @@ Components build_components(const PipelineConfig& config, const Registry& regist
   ctx.seed = config.run.seed;
   // Parameter initialisation draws from LibTorch's global generator.
   torch::manual_seed(derive_seed(ctx.seed, Stream::init));
+  // Components may open other runs (reflow's teacher); building one leaves this pipeline's global
+  // generator (the models' initialisation) where it was.
+  ctx.open_run = [&registry](const std::string& run_dir) {
+    at::Generator global = at::detail::getDefaultCPUGenerator();
+    const torch::Tensor state = global.get_state();
+    std::shared_ptr<TrainedFlow> flow = open_trained_flow(run_dir, registry);
+    global.set_state(state);
+    return flow;
+  };
 
   // Each slot in pipeline order (slots.hpp), then what the engine does with what it just built.
   // A pipeline that trains its autoencoder has no [model].
@@ -474,6 +519,7 @@ Components build_components(const PipelineConfig& config, const Registry& regist
     c.metrics.push_back(std::move(built));
   }
   ctx.slot.clear();
+  ctx.open_run = nullptr;  // it refers to `registry`, which need not outlive the components
   if (config.trains_autoencoder()) return c;  // no flow to check
   check_non_affine(config, c);
   check_sampling(config, registry, c);

@@ -7,9 +7,14 @@
 //                 the solver lives in plugins/common/assignment.hpp, shared with `wasserstein`
 //   sinkhorn      entropic OT (Cuturi 2013), stable for small eps, then one noise row drawn per
 //                 data row from the plan; the plan lives in plugins/common/sinkhorn.hpp
+//   reflow        each noise row paired with a trained teacher flow's ODE solution from it
+//                 (rectified flow, Liu et al. 2023): the student learns straighter paths
 //
 // Both OT couplings flatten samples to [B, D] for the cost, so images work like points. Every
 // coupling pairs whole rows: a label moves with the row it belongs to.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -170,6 +175,90 @@ class SinkhornCoupling : public pathline::Coupling {
   double tolerance_;
 };
 
+// Reflow (Liu et al. 2023, "Flow Straight and Fast"): the pairs are (x0, T(x0)), T the teacher
+// run's sampler (its solver, time grid and guidance) from x0, asked for the data row's label. The
+// teacher's flow crosses no paths, so the student trained on its pairs learns nearly straight ones:
+// one or two Euler steps then land close to where the teacher's many do. Fresh pairs every batch
+// (teacher evaluations in every step), or `pairs` of them generated once on first use (from the
+// [source], with a fixed stream of the run's seed; labels every class in turn) and drawn at random.
+// The student starts from the teacher's weights (initial_weights) unless told otherwise.
+class ReflowCoupling : public pathline::Coupling {
+ public:
+  ReflowCoupling(const Params& p, const BuildContext& ctx)
+      : pairs_(p.integer("pairs")), start_from_teacher_(p.boolean("start_from_teacher")), seed_(ctx.seed) {
+    const std::string dir = p.string("teacher");
+    if (dir.empty())
+      throw pathline::InputError(
+          "reflow: set teacher = \"RUN_DIR\", a trained flow run whose samples the student learns to reach");
+    if (!ctx.open_run)
+      throw pathline::InputError("reflow: this context cannot open runs (BuildContext::open_run)");
+    teacher_ = ctx.open_run(dir);
+    const pathline::DataInfo mine = ctx.flow_space(), theirs = teacher_->flow();
+    auto shape = [](const std::vector<std::int64_t>& s) {
+      std::string text;
+      for (auto d : s) text += (text.empty() ? "" : ", ") + std::to_string(d);
+      return "[" + text + "]";
+    };
+    if (theirs.shape != mine.shape)
+      throw pathline::InputError("reflow: teacher " + dir + " flows on samples of shape " +
+                                 shape(theirs.shape) + ", this pipeline on " + shape(mine.shape));
+    if (theirs.num_classes != mine.num_classes)
+      throw pathline::InputError("reflow: teacher " + dir + " knows " + std::to_string(theirs.num_classes) +
+                                 " classes, this pipeline's data " + std::to_string(mine.num_classes));
+    num_classes_ = mine.num_classes;
+    source_ = ctx.source;
+    if (pairs_ > 0 && !source_) throw pathline::InputError("reflow: the source must be built first");
+  }
+
+  std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator& gen) override {
+    const torch::Device device = source.x.device();
+    if (pairs_ == 0) {
+      Batch paired;
+      if (target.labels.defined()) paired.labels = target.labels;
+      paired.x =
+          teacher_->transport(source.x, target.labels.defined() ? target.labels.to(device) : torch::Tensor());
+      return {std::move(source), std::move(paired)};
+    }
+    if (!cache_x0_.defined()) generate(device);
+    const torch::Tensor rows = torch::randint(pairs_, {source.x.size(0)}, gen, torch::kInt64);
+    Batch from, to;
+    from.x = cache_x0_.index_select(0, rows).to(device);
+    to.x = cache_x1_.index_select(0, rows).to(device);
+    if (cache_labels_.defined()) from.labels = to.labels = cache_labels_.index_select(0, rows);
+    return {std::move(from), std::move(to)};
+  }
+
+  std::string initial_weights() const override { return start_from_teacher_ ? teacher_->weights_file() : ""; }
+
+ private:
+  // The pair data set: `pairs` source points and the teacher's solutions from them, in chunks.
+  void generate(const torch::Device& device) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed_ ^ 0x7265666c6f77ULL);  // "reflow"
+    std::vector<torch::Tensor> x0s, x1s;
+    constexpr std::int64_t kChunk = 2000;
+    for (std::int64_t done = 0; done < pairs_; done += kChunk) {
+      const std::int64_t n = std::min(kChunk, pairs_ - done);
+      torch::Tensor x0 = source_->sample(n, gen).x;
+      torch::Tensor labels;
+      if (num_classes_ > 0) labels = torch::arange(done, done + n, torch::kInt64).remainder(num_classes_);
+      x1s.push_back(
+          teacher_->transport(x0.to(device), labels.defined() ? labels.to(device) : labels).to(torch::kCPU));
+      x0s.push_back(x0);
+    }
+    cache_x0_ = torch::cat(x0s);
+    cache_x1_ = torch::cat(x1s);
+    if (num_classes_ > 0) cache_labels_ = torch::arange(pairs_, torch::kInt64).remainder(num_classes_);
+  }
+
+  std::int64_t pairs_;
+  bool start_from_teacher_;
+  std::uint64_t seed_;
+  std::int64_t num_classes_ = 0;
+  std::shared_ptr<pathline::TrainedFlow> teacher_;
+  std::shared_ptr<pathline::Dataset> source_;
+  torch::Tensor cache_x0_, cache_x1_, cache_labels_;
+};
+
 void register_couplings(pathline::Registrar& registrar) {
   registrar.add_type<pathline::Coupling, IndependentCoupling>(pathline::ComponentDecl{
       "independent", "pairs source (noise) and data rows as drawn (independent coupling)", {}});
@@ -199,6 +288,17 @@ void register_couplings(pathline::Registrar& registrar) {
                        "stop early once the plan's row sums are within this L1 distance of uniform "
                        "(checked every 10 iterations); 0: always run every iteration")
            .at_least(0)}});
+  registrar.add_type<pathline::Coupling, ReflowCoupling>(pathline::ComponentDecl{
+      "reflow",
+      "rectified flow's reflow (Liu et al. 2023): each noise row paired with a trained teacher run's ODE "
+      "solution from it; the student starts from the teacher's weights; 1 or 2 Euler steps then sample well",
+      {ParamSpec::string("teacher", "", "the teacher's run directory (a trained flow run on the same data)"),
+       ParamSpec::integer("pairs", 0,
+                          "0: the teacher solves every batch afresh; N: N pairs generated once (on the first "
+                          "batch) and drawn at random")
+           .at_least(0),
+       ParamSpec::boolean("start_from_teacher", true,
+                          "the student starts from the teacher's weights (its model must be the same)")}});
 }
 
 }  // namespace

@@ -58,8 +58,8 @@ torch::Tensor layer_norm(const torch::Tensor& x) {
 // modulation vectors from one zero-initialised Linear of SiLU(c).
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(std::int64_t hidden, std::int64_t heads, std::int64_t mlp_hidden)
-      : hidden_(hidden), heads_(heads) {
+  BlockImpl(std::int64_t hidden, std::int64_t heads, std::int64_t mlp_hidden, bool explicit_weights = false)
+      : hidden_(hidden), heads_(heads), explicit_(explicit_weights) {
     // One Linear for q, k and v: one matrix product instead of three.
     qkv_ = register_module("qkv", xavier(Linear(hidden, 3 * hidden)));
     proj_ = register_module("proj", xavier(Linear(hidden, hidden)));
@@ -77,7 +77,8 @@ class BlockImpl : public torch::nn::Module {
     // [B, T, 3 D] -> [3, B, heads, T, d]: features are q, k, v, each heads x d.
     auto qkv = qkv_->forward(h).reshape({batch, tokens, 3, heads_, d}).permute({2, 0, 3, 1, 4});
     auto parts = qkv.unbind(0);
-    auto attended = attention(parts[0], parts[1], parts[2]).transpose(1, 2).reshape({batch, tokens, hidden_});
+    auto attended =
+        attention(parts[0], parts[1], parts[2], explicit_).transpose(1, 2).reshape({batch, tokens, hidden_});
     auto y = torch::addcmul(x, mod[2], proj_->forward(attended));
 
     h = modulate(layer_norm(y), mod[3], mod[4]);
@@ -87,6 +88,7 @@ class BlockImpl : public torch::nn::Module {
 
  private:
   std::int64_t hidden_, heads_;
+  bool explicit_;  // attention weights formed explicitly (see attention())
   Linear qkv_{nullptr}, proj_{nullptr}, fc1_{nullptr}, fc2_{nullptr}, ada_{nullptr};
 };
 TORCH_MODULE(Block);
@@ -96,6 +98,7 @@ class DiTModel : public Model {
   DiTModel(const Params& p, const BuildContext& ctx)
       : data_(ctx.flow_space()), num_classes_(ctx.flow_space().num_classes) {
     require_image("dit", data_);
+    interval_ = takes_interval(ctx, "dit");
     patch_ = p.integer("patch_size");
     const std::int64_t hidden = p.integer("hidden");
     const std::int64_t depth = p.integer("depth");
@@ -140,6 +143,15 @@ class DiTModel : public Model {
       torch::nn::init::normal_(time1_->weight, 0.0, 0.02);
       torch::nn::init::normal_(time2_->weight, 0.0, 0.02);
     }
+    if (interval_) {
+      // An interval [t, s] (objective meanflow): the same features of its length s - t, through
+      // their own two layers, added to the time's.
+      interval1_ = register_module("interval1", Linear(features, hidden));
+      interval2_ = register_module("interval2", Linear(hidden, hidden));
+      torch::NoGradGuard no_grad;
+      torch::nn::init::normal_(interval1_->weight, 0.0, 0.02);
+      torch::nn::init::normal_(interval2_->weight, 0.0, 0.02);
+    }
     if (num_classes_ > 0) {
       classes_ = register_module("classes", torch::nn::Embedding(num_classes_ + 1, hidden));
       torch::NoGradGuard no_grad;
@@ -147,7 +159,8 @@ class DiTModel : public Model {
     }
 
     for (std::int64_t i = 0; i < depth; ++i)
-      blocks_.push_back(register_module("block" + std::to_string(i), Block(hidden, heads, mlp_hidden)));
+      blocks_.push_back(
+          register_module("block" + std::to_string(i), Block(hidden, heads, mlp_hidden, interval_)));
 
     final_ada_ = register_module("final_ada", zeroed(Linear(hidden, 2 * hidden)));
     final_ = register_module("final", zeroed(Linear(hidden, patch_ * patch_ * channels)));
@@ -169,6 +182,9 @@ class DiTModel : public Model {
     auto tokens = embed_->forward(x).flatten(2).transpose(1, 2) + positions_;
 
     auto c = time2_->forward(torch::silu(time1_->forward(time_features_(t, batch).to(x.dtype()))));
+    if (interval_)
+      c = c + interval2_->forward(torch::silu(
+                  interval1_->forward(time_features_(interval_length(condition, t), batch).to(x.dtype()))));
     if (classes_) c = c + classes_->forward(class_rows("dit", condition, batch, num_classes_, x.device()));
     c = torch::silu(c);  // every adaLN Linear reads SiLU(c)
 
@@ -187,9 +203,13 @@ class DiTModel : public Model {
   double macs_per_sample() const override { return macs_; }
   // LayerNorm and attention act within one image; no state changes in forward.
   bool rows_independent() const override { return true; }
+  std::vector<std::string> times() const override {
+    return interval_ ? std::vector<std::string>{kIntervalEnd} : std::vector<std::string>{};
+  }
 
  private:
   DataInfo data_;
+  bool interval_ = false;  // takes the interval's end s (condition extra kIntervalEnd)
   std::int64_t num_classes_;
   std::int64_t patch_ = 2, rows_ = 0, cols_ = 0;
   double macs_ = 0.0;
@@ -197,7 +217,8 @@ class DiTModel : public Model {
   torch::Tensor positions_;  // [1, T, D], fixed
   TimeFeatures time_features_;
   Linear time1_{nullptr}, time2_{nullptr};
-  torch::nn::Embedding classes_{nullptr};  // [num_classes + 1, D]; none when unlabelled
+  Linear interval1_{nullptr}, interval2_{nullptr};  // only with interval_
+  torch::nn::Embedding classes_{nullptr};           // [num_classes + 1, D]; none when unlabelled
   std::vector<Block> blocks_;
   Linear final_ada_{nullptr}, final_{nullptr};
 };

@@ -46,10 +46,17 @@ class TimeFeatures {
 // several times slower than the products it replaces (LibTorch 2.15: 41 ms against 10 ms in float32
 // for the DiT's 49-token blocks, batch 128), so there the weights are formed explicitly: two batched
 // bfloat16 products through oneDNN and a softmax computed in float32, as the fused kernel does.
-inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  if (!q.is_cpu() || q.scalar_type() != torch::kBFloat16) return at::scaled_dot_product_attention(q, k, v);
+// `explicit_weights` forms them in every case: a model trained on intervals differentiates its
+// forward pass in forward mode (interval_derivative), which the fused kernel does not support.
+inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               bool explicit_weights = false) {
+  if (!explicit_weights && (!q.is_cpu() || q.scalar_type() != torch::kBFloat16))
+    return at::scaled_dot_product_attention(q, k, v);
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   torch::Tensor scores = torch::matmul(q * scale, k.transpose(-2, -1));  // [B, heads, T, T]
+  // Float32 softmax for bfloat16 products; float32 and float64 keep their own precision.
+  if (scores.scalar_type() == torch::kFloat || scores.scalar_type() == torch::kDouble)
+    return torch::matmul(torch::softmax(scores, -1), v);
   return torch::matmul(torch::softmax(scores, -1, torch::kFloat).to(v.scalar_type()), v);
 }
 

@@ -99,7 +99,8 @@ TORCH_MODULE(ResBlock);
 // and its output goes to channels [d h, d (h + 1)).
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(std::int64_t channels, std::int64_t heads) : channels_(channels), heads_(heads) {
+  AttentionImpl(std::int64_t channels, std::int64_t heads, bool explicit_weights = false)
+      : channels_(channels), heads_(heads), explicit_(explicit_weights) {
     norm_ = register_module("norm", make_norm(channels));
     qkv_ = register_module("qkv", make_conv(channels, 3 * channels, 1));
     proj_ = register_module("proj", zeroed(make_conv(channels, channels, 1)));
@@ -112,7 +113,7 @@ class AttentionImpl : public torch::nn::Module {
     auto qkv =
         qkv_->forward(normalise(norm_, x)).reshape({batch, heads_, 3 * d, height * width}).transpose(2, 3);
     auto parts = qkv.chunk(3, -1);
-    auto out = attention(parts[0], parts[1], parts[2]);  // [B, heads, T, d]
+    auto out = attention(parts[0], parts[1], parts[2], explicit_);  // [B, heads, T, d]
     return x + proj_->forward(out.transpose(2, 3).reshape({batch, channels_, height, width}));
   }
 
@@ -122,6 +123,7 @@ class AttentionImpl : public torch::nn::Module {
 
  private:
   std::int64_t channels_, heads_;
+  bool explicit_;  // attention weights formed explicitly (see attention())
   GroupNorm norm_{nullptr};
   Conv2d qkv_{nullptr}, proj_{nullptr};
 };
@@ -141,6 +143,7 @@ class UNetModel : public Model {
   UNetModel(const Params& p, const BuildContext& ctx)
       : data_(ctx.flow_space()), num_classes_(ctx.flow_space().num_classes) {
     require_image("unet", data_);
+    interval_ = takes_interval(ctx, "unet");
     const std::int64_t channels = p.integer("channels");
     const std::vector<std::int64_t> mult = p.int_list("channel_mult");
     const std::int64_t blocks = p.integer("num_res_blocks");
@@ -174,7 +177,7 @@ class UNetModel : public Model {
         throw InputError(
             "unet: " + std::to_string(ch) +
             " channels at an attention resolution are not divisible by heads = " + std::to_string(heads));
-      return Attention(ch, heads);
+      return Attention(ch, heads, interval_);
     };
 
     // Time (and class) embedding: sinusoidal features -> Linear -> SiLU -> Linear, plus a learned
@@ -183,6 +186,13 @@ class UNetModel : public Model {
     time1_ = register_module("time1", Linear(features, embedding));
     time2_ = register_module("time2", Linear(embedding, embedding));
     macs_ += static_cast<double>(features * embedding + embedding * embedding);
+    if (interval_) {
+      // An interval [t, s] (objective meanflow): the same features of its length s - t, through
+      // their own two layers, added to the time's.
+      interval1_ = register_module("interval1", Linear(features, embedding));
+      interval2_ = register_module("interval2", Linear(embedding, embedding));
+      macs_ += static_cast<double>(features * embedding + embedding * embedding);
+    }
     if (num_classes_ > 0)
       classes_ = register_module("classes", torch::nn::Embedding(num_classes_ + 1, embedding));
 
@@ -256,6 +266,9 @@ class UNetModel : public Model {
     require_batch_shape("unet", x, data_);
     const std::int64_t batch = x.size(0);
     auto embedding = time2_->forward(torch::silu(time1_->forward(time_features_(t, batch).to(x.dtype()))));
+    if (interval_)
+      embedding = embedding + interval2_->forward(torch::silu(interval1_->forward(
+                                  time_features_(interval_length(condition, t), batch).to(x.dtype()))));
     if (classes_)
       embedding =
           embedding + classes_->forward(class_rows("unet", condition, batch, num_classes_, x.device()));
@@ -294,15 +307,20 @@ class UNetModel : public Model {
   double macs_per_sample() const override { return macs_; }
   // GroupNorm normalises each image on its own; dropout (training only) draws random numbers.
   bool rows_independent() const override { return !is_training(); }
+  std::vector<std::string> times() const override {
+    return interval_ ? std::vector<std::string>{kIntervalEnd} : std::vector<std::string>{};
+  }
 
  private:
   DataInfo data_;
   std::int64_t num_classes_;
   bool channels_last_ = false;
+  bool interval_ = false;  // takes the interval's end s (condition extra kIntervalEnd)
   double macs_ = 0.0;
   TimeFeatures time_features_;
   Linear time1_{nullptr}, time2_{nullptr};
-  torch::nn::Embedding classes_{nullptr};  // [num_classes + 1, E]; none when unlabelled
+  Linear interval1_{nullptr}, interval2_{nullptr};  // only with interval_
+  torch::nn::Embedding classes_{nullptr};           // [num_classes + 1, E]; none when unlabelled
   Conv2d conv_in_{nullptr};
   std::vector<Level> down_, up_;  // up_ from the bottom level to the top
   ResBlock mid1_{nullptr}, mid2_{nullptr};

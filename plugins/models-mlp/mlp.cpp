@@ -26,6 +26,7 @@ torch::nn::AnyModule make_activation(const std::string& name) {
 class MlpModel : public pathline::Model {
  public:
   MlpModel(const Params& p, const BuildContext& ctx) : num_classes_(ctx.flow_space().num_classes) {
+    interval_ = pathline::takes_interval(ctx, "mlp");
     const std::int64_t width = p.integer("width");
     const std::int64_t depth = p.integer("depth");
     const std::int64_t embedding = p.integer("time_embedding");
@@ -40,7 +41,12 @@ class MlpModel : public pathline::Model {
     // computed as sin(. + pi/2), so the embedding is one addcmul and one sin: sin(phase + t freqs).
     const std::int64_t half = embedding / 2;
     if (half > 0) {
-      auto w = half == 1 ? torch::ones({1}) : torch::logspace(0.0, 3.0, half);
+      // A model trained on intervals regresses on its own derivative along the flow (meanflow's
+      // target holds du/dt): a feature of frequency w adds w cos(w t) to it, so its features stop at
+      // 10 instead of 1000 (on the checkerboard, features up to 1000 left one-step samples at an
+      // energy distance of 0.77, raw t at 0.034).
+      const double top = interval_ ? 1.0 : 3.0;
+      auto w = half == 1 ? torch::ones({1}) : torch::logspace(0.0, top, half);
       freqs_ = register_buffer("freqs", torch::cat({w, w}).unsqueeze(0));
       phase_ = register_buffer("phase",
                                torch::cat({torch::zeros({half}), torch::full({half}, kPi / 2)}).unsqueeze(0));
@@ -49,7 +55,8 @@ class MlpModel : public pathline::Model {
     // The class embedding's width joins the input; the layers are created in the same order either
     // way, so an unconditional MLP draws exactly the initial weights it drew before labels existed.
     const std::int64_t class_width = num_classes_ > 0 ? p.integer("class_embedding") : 0;
-    const std::int64_t in = dim + (half > 0 ? embedding : 1) + class_width;
+    // An interval [t, s] (objective meanflow) adds the same features of its length s - t.
+    const std::int64_t in = dim + (half > 0 ? embedding : 1) * (interval_ ? 2 : 1) + class_width;
     for (std::int64_t i = 0; i < depth; ++i) {
       net_->push_back(torch::nn::Linear(i == 0 ? in : width, width));
       net_->push_back(make_activation(p.string("activation")));
@@ -70,19 +77,28 @@ class MlpModel : public pathline::Model {
                         const pathline::Condition& condition) override {
     const std::int64_t batch = x.size(0);
     // t: [B] (or a single time, broadcast over the batch).
-    torch::Tensor features =
-        freqs_.defined() ? torch::addcmul(phase_, t.to(freqs_.options()).reshape({-1, 1}), freqs_).sin_()
-                         : t.to(x.options()).reshape({-1, 1});
-    std::vector<torch::Tensor> inputs = {x.flatten(1), features.expand({batch, -1})};
+    std::vector<torch::Tensor> inputs = {x.flatten(1), time_features(t, x).expand({batch, -1})};
+    // The interval's length s - t (0 without the extra: the velocity at t).
+    if (interval_)
+      inputs.push_back(time_features(pathline::interval_length(condition, t), x).expand({batch, -1}));
     if (classes_) inputs.push_back(classes_->forward(class_rows(condition, batch, x.device())).to(x.dtype()));
     return net_->forward(torch::cat(inputs, 1)).view(x.sizes());
   }
 
   double macs_per_sample() const override { return macs_; }
+  std::vector<std::string> times() const override {
+    return interval_ ? std::vector<std::string>{pathline::kIntervalEnd} : std::vector<std::string>{};
+  }
   // Each row is its own (x, t, label): no batch statistics, no state.
   bool rows_independent() const override { return true; }
 
  private:
+  // Sinusoidal features of a time (or t as is without them): [B or 1, E].
+  torch::Tensor time_features(const torch::Tensor& t, const torch::Tensor& x) const {
+    return freqs_.defined() ? torch::addcmul(phase_, t.to(freqs_.options()).reshape({-1, 1}), freqs_).sin_()
+                            : t.to(x.options()).reshape({-1, 1});
+  }
+
   // The embedding rows of the batch's labels, checked: a label outside 0 .. num_classes - 1 (other
   // than the null label) is a caller's mistake, and the lookup would fail without saying why.
   torch::Tensor class_rows(const pathline::Condition& condition, std::int64_t batch,
@@ -101,7 +117,8 @@ class MlpModel : public pathline::Model {
   }
 
   std::int64_t num_classes_;
-  double macs_ = 0.0;  // sum of in * out over the linear layers
+  bool interval_ = false;  // takes the interval's end s (condition extra kIntervalEnd)
+  double macs_ = 0.0;      // sum of in * out over the linear layers
   torch::nn::Sequential net_;
   torch::nn::Embedding classes_{nullptr};  // [num_classes + 1, class_embedding]; none when unlabelled
   torch::Tensor freqs_;                    // [1, E]: w_1..w_{E/2} twice

@@ -62,6 +62,19 @@ class Rk4Solver : public FixedStepSolver {
   }
 };
 
+// MeanFlow's sampler (Geng et al. 2025): one step over [t, t + h] with the model's average velocity,
+// x += h u(x, t, t + h). On a model trained on intervals ([objective] meanflow) one step is the whole
+// flow; on any other model the average velocity is the velocity at t, and this is Euler.
+class MeanFlowSolver : public FixedStepSolver {
+ public:
+  MeanFlowSolver(const Params& p, const BuildContext&) : FixedStepSolver(p) {}
+
+ protected:
+  void step(VectorField& f, torch::Tensor& x, double t, double h) override {
+    x.add_(f.average_velocity(x, t, t + h), h);
+  }
+};
+
 void register_solvers(pathline::Registrar& registrar) {
   using pathline::ComponentDecl;
   using pathline::Solver;
@@ -75,6 +88,11 @@ void register_solvers(pathline::Registrar& registrar) {
                     {FixedStepSolver::steps_param(50)}});
   registrar.add_type<Solver, Rk4Solver>(ComponentDecl{
       "rk4", "classic Runge-Kutta, order 4, 4 evaluations per step", {FixedStepSolver::steps_param(25)}});
+  registrar.add_type<Solver, MeanFlowSolver>(ComponentDecl{
+      "meanflow",
+      "steps of the model's average velocity, x += h u(x, t, t + h) (MeanFlow, Geng et al. 2025): one step "
+      "samples a model trained with [objective] meanflow; Euler on any other model",
+      {FixedStepSolver::steps_param(1)}});
   pathline::solvers::register_adaptive(registrar);
   pathline::solvers::register_multistep(registrar);
   pathline::solvers::register_sde(registrar);

@@ -489,6 +489,9 @@ struct Row {
   std::string error;
   std::map<std::string, double> metrics;
   double nfe = NAN, train_s = NAN, sample_s = NAN;
+  // Training's own cost, where the objective reports it: steps taken, seconds per step, and model
+  // evaluations per step (cnf_mle's "nfe").
+  double train_steps = NAN, step_s = NAN, train_nfe = NAN;
 };
 
 void write_results(const fs::path& dir, const AblationPlan& plan, const std::vector<Row>& rows,
@@ -504,15 +507,22 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
   std::string csv = "variant";
   for (const auto& k : plan.keys) csv += "," + csv_cell(k);
   for (const auto& m : metric_names) csv += "," + csv_cell(m);
-  csv += ",nfe,train_seconds,sample_seconds,status,error,dir\n";
+  // Training's cost per step, when some variant's objective reports its evaluations (an ablation of
+  // objectives): steps taken (a time budget may end training early), seconds and NFE per step.
+  const bool step_costs =
+      std::any_of(rows.begin(), rows.end(), [](const Row& r) { return std::isfinite(r.train_nfe); });
+  csv += ",nfe,train_seconds,sample_seconds";
+  if (step_costs) csv += ",train_steps,seconds_per_step,train_nfe_per_step";
+  csv += ",status,error,dir\n";
   auto num = [](double v) { return std::isfinite(v) ? fmt::format("{:.6g}", v) : std::string(); };
   for (const auto& r : rows) {
     std::map<std::string, std::string> values(r.variant->settings.begin(), r.variant->settings.end());
     csv += csv_cell(r.variant->label);
     for (const auto& k : plan.keys) csv += "," + csv_cell(values.count(k) ? display(values[k]) : "(dropped)");
     for (const auto& m : metric_names) csv += "," + (r.metrics.count(m) ? num(r.metrics.at(m)) : "");
-    csv += fmt::format(",{},{},{},{},{},{}\n", num(r.nfe), num(r.train_s), num(r.sample_s),
-                       r.ok ? "ok" : "failed", csv_cell(r.error), csv_cell(r.variant->dir));
+    csv += fmt::format(",{},{},{}", num(r.nfe), num(r.train_s), num(r.sample_s));
+    if (step_costs) csv += fmt::format(",{},{},{}", num(r.train_steps), num(r.step_s), num(r.train_nfe));
+    csv += fmt::format(",{},{},{}\n", r.ok ? "ok" : "failed", csv_cell(r.error), csv_cell(r.variant->dir));
   }
   write_file_atomic(dir / "results.csv", csv);
 
@@ -530,8 +540,11 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
   md += "(lower is better unless marked ↑).\n\n|";
   for (const auto& k : plan.keys) md += " " + k + " |";
   for (const auto& m : metric_names) md += " " + shown(m) + (lower_better.at(m) ? "" : " ↑") + " |";
-  md += " NFE | train s | sample s |\n|";
-  for (std::size_t i = 0; i < plan.keys.size() + metric_names.size() + 3; ++i) md += "---|";
+  md += " NFE | train s | sample s |";
+  if (step_costs) md += " train steps | s/step | train NFE/step |";
+  md += "\n|";
+  for (std::size_t i = 0; i < plan.keys.size() + metric_names.size() + 3 + (step_costs ? 3 : 0); ++i)
+    md += "---|";
   md += "\n";
   for (const auto& r : rows) {
     std::map<std::string, std::string> values(r.variant->settings.begin(), r.variant->settings.end());
@@ -547,7 +560,12 @@ void write_results(const fs::path& dir, const AblationPlan& plan, const std::vec
       const std::string cell = num(v).empty() ? "—" : num(v);
       md += (best.count(m) && v == best[m]) ? " **" + cell + "** |" : " " + cell + " |";
     }
-    md += fmt::format(" {} | {} | {} |\n", num(r.nfe), num(r.train_s), num(r.sample_s));
+    md += fmt::format(" {} | {} | {} |", num(r.nfe), num(r.train_s), num(r.sample_s));
+    if (step_costs) {
+      auto cell = [&](double v) { return num(v).empty() ? std::string("—") : num(v); };
+      md += fmt::format(" {} | {} | {} |", cell(r.train_steps), cell(r.step_s), cell(r.train_nfe));
+    }
+    md += "\n";
   }
   // Repeats over seeds: mean and sample standard deviation of each metric over the seeds of every
   // setting of the other keys.
@@ -964,8 +982,14 @@ AblateResult ablate_job(const fs::path& file, const Registry& registry, const Ab
         r.sample_s = summary["sampling"].value("seconds", NAN);
       }
       json trained = read_json(train_dir[v.training] / "summary.json");
-      if (trained.is_object() && trained.contains("train"))
-        r.train_s = trained["train"].value("seconds", NAN);
+      if (trained.is_object() && trained.contains("train")) {
+        const json& t = trained["train"];
+        r.train_s = t.value("seconds", NAN);
+        r.train_steps = t.value("steps", NAN);
+        r.step_s = t.value("seconds_per_step", NAN);
+        if (t.contains("objective") && t["objective"].contains("nfe"))
+          r.train_nfe = t["objective"].value("nfe", NAN);
+      }
     } else {
       auto it = sample_of.find(i);
       r.error = it != sample_of.end() && it->second->failed ? it->second->error : "no results";

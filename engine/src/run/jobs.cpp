@@ -299,6 +299,14 @@ json train_json(const TrainResult& trained) {
             {"seconds", number(trained.seconds)},
             {"samples_per_second", number(trained.samples_per_second)}};
   if (trained.gflops > 0) j["gflops"] = number(trained.gflops);
+  if (const std::int64_t done = trained.steps - trained.resumed_from; done > 0 && trained.seconds > 0)
+    j["seconds_per_step"] = number(trained.seconds / static_cast<double>(done));
+  // The objective's statistics (cnf_mle: "nfe"), means per step.
+  if (!trained.statistics.empty()) {
+    json statistics = json::object();
+    for (const auto& [name, value] : trained.statistics) statistics[name] = number(value);
+    j["objective"] = statistics;
+  }
   return j;
 }
 
@@ -429,6 +437,57 @@ LoadedRun open_run(const fs::path& run_dir, const Registry& registry,
     load_weights(*c.model, run_dir / weights);
   }
   return {std::move(config), std::move(c), weights};
+}
+
+namespace {
+
+// A trained flow run's sampler over given source points (reflow's teacher).
+class RunFlow final : public TrainedFlow {
+ public:
+  RunFlow(LoadedRun run, fs::path weights) : run_(std::move(run)), weights_(std::move(weights)) {
+    run_.config.sample.trajectories = 0;
+  }
+  DataInfo flow() const override { return run_.components.flow(); }
+  torch::Tensor transport(const torch::Tensor& x0, const torch::Tensor& labels) override {
+    SampleResult r = sample(run_.config, run_.components, {}, x0, labels);
+    evaluations_ = r.nfe;
+    // Out of inference mode: the pairs enter training graphs.
+    return r.samples.to(x0.device()).clone();
+  }
+  std::int64_t evaluations() const override { return evaluations_; }
+  std::string weights_file() const override { return weights_.string(); }
+
+ private:
+  LoadedRun run_;
+  fs::path weights_;
+  std::int64_t evaluations_ = 0;
+};
+
+}  // namespace
+
+std::shared_ptr<TrainedFlow> open_trained_flow(const fs::path& run_dir, const Registry& registry) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec)) throw InputError(run_dir.string() + ": no such run directory");
+  if (!fs::is_regular_file(run_dir / "config.toml", ec))
+    throw InputError(run_dir.string() + ": not a run directory (it has no config.toml)");
+  LoadedRun run;
+  try {
+    run = open_run(run_dir, registry, {});
+  } catch (const InputError& e) {
+    std::string why = e.what();
+    why = why.substr(0, why.find('\n'));
+    throw InputError(why.rfind(run_dir.string(), 0) == 0 ? why : run_dir.string() + ": " + why);
+  }
+  if (run.components.latent)
+    throw InputError(run_dir.string() +
+                     ": its flow runs in an autoencoder's latent space; a teacher must run on the data");
+  if (!run.components.model->trainable() || run.weights.empty())
+    throw InputError(run_dir.string() + ": its model has no trained weights");
+  const fs::path weights = run_dir / run.weights;
+  if (weights.extension() != ".safetensors")
+    throw InputError(run_dir.string() + ": its weights are in " + run.weights +
+                     ", an archive of an older Pathline; a teacher's must be .safetensors");
+  return std::make_shared<RunFlow>(std::move(run), weights);
 }
 
 namespace {

@@ -4,6 +4,7 @@
 #include <ATen/ThreadLocalState.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "../precision.hpp"
@@ -20,7 +21,7 @@ ModelField::ModelField(Model& model, const Path& path, const Parameterization& p
       guidance_(guidance_scale),
       bf16_(bf16) {}
 
-torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) {
+torch::Tensor ModelField::guided(const torch::Tensor& x, double t, const Extras& extras) {
   ++evaluations_;
   const std::int64_t n = x.size(0);
   if (labels_.defined() && labels_.size(0) != n)
@@ -28,15 +29,32 @@ torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) 
   torch::Tensor out;
   AutocastGuard autocast(bf16_, x.device());
   if (!labels_.defined() || guidance_ == 1.0) {
-    out = forward(x, torch::full({n}, t, x.options()), Condition{labels_});
+    out = forward(x, torch::full({n}, t, x.options()), Condition{labels_, extras});
   } else {
     // One forward over [x; x] with [labels; null]: the conditional and unconditional halves.
-    torch::Tensor both = forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
-                                 Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)})});
+    Extras doubled;
+    for (const auto& [name, tensor] : extras) doubled[name] = torch::cat({tensor, tensor});
+    torch::Tensor both =
+        forward(torch::cat({x, x}), torch::full({2 * n}, t, x.options()),
+                Condition{torch::cat({labels_, torch::full_like(labels_, kNullLabel)}), std::move(doubled)});
     torch::Tensor conditional = both.narrow(0, 0, n), unconditional = both.narrow(0, n, n);
     out = torch::lerp(unconditional.to(x.scalar_type()), conditional.to(x.scalar_type()), guidance_);
   }
   if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
+  return out;
+}
+
+torch::Tensor ModelField::average_velocity(const torch::Tensor& x, double t, double s) {
+  const std::vector<std::string> times = model_.times();
+  if (std::find(times.begin(), times.end(), kIntervalEnd) == times.end() ||
+      parameterization_.predicts() != Quantity::velocity)
+    return velocity(x, t);
+  return guided(x, t, {{kIntervalEnd, torch::full({x.size(0)}, s, x.options())}});
+}
+
+torch::Tensor ModelField::predict(Quantity q, const torch::Tensor& x, double t) {
+  const torch::Tensor out = guided(x, t, {});
+  const std::int64_t n = x.size(0);
   if (parameterization_.predicts() == q) return out;
   auto convert = [&] {
     auto c = path_coefficients(torch::full({n}, t, x.options())).broadcast_to_rank(rank_);
@@ -156,7 +174,7 @@ namespace {
 // quantity follows from it through the SDK's own conversions.
 class PointMassField final : public VectorField {
  public:
-  explicit PointMassField(const Path& path) : path_(path) {}
+  PointMassField(const Path& path, bool intervals) : path_(path), intervals_(intervals) {}
   torch::Tensor predict(Quantity q, const torch::Tensor& x, double t) override {
     const PathCoefficients c = coefficients(t).broadcast_to_rank(x.dim());
     return convert_prediction(Quantity::data, q, torch::zeros_like(x), x, c);
@@ -164,15 +182,24 @@ class PointMassField final : public VectorField {
   PathCoefficients coefficients(double t) const override {
     return path_.coefficients(torch::full({1}, t, torch::kFloat64));
   }
+  // For a model that takes intervals, the exact flow x_s = (sigma_s / sigma_t) x_t as one step's
+  // average velocity; for any other, the velocity at t (what ModelField gives).
+  torch::Tensor average_velocity(const torch::Tensor& x, double t, double s) override {
+    const double sigma_t = coefficients(t).sigma.item<double>(),
+                 sigma_s = coefficients(s).sigma.item<double>();
+    if (!intervals_ || sigma_t <= 0.0 || s == t) return velocity(x, t);
+    return x * ((sigma_s / sigma_t - 1.0) / (s - t));
+  }
 
  private:
   const Path& path_;
+  bool intervals_;
 };
 
 }  // namespace
 
-double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start,
-                         double t_end) {
+double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start, double t_end,
+                         bool intervals) {
   if (!(t_start < t_end)) return 0.0;
   auto noise_dominates = [&](double t) {
     const auto c = path.coefficients(torch::full({1}, t, torch::kFloat64));
@@ -201,7 +228,7 @@ double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path,
     if (lo == t_start) return 0.0;
     times = {t_start, lo};
   }
-  PointMassField field(path);
+  PointMassField field(path, intervals);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(20260101);
   const torch::Tensor x0 = torch::randn({20000, 1}, gen, torch::kFloat64);
   const double start_scale = field.coefficients(times.front()).sigma.item<double>();
@@ -277,7 +304,7 @@ void check_noise(const torch::Tensor& noise, const DataInfo& data) {
 }
 
 SampleResult sample(const PipelineConfig& config, Components& c, const SampleProgress& progress,
-                    const torch::Tensor& noise) {
+                    const torch::Tensor& noise, const torch::Tensor& labels) {
   const SampleSettings& sp = config.sample;
   const std::int64_t n = noise.defined() ? noise.size(0) : sp.n;
   if (noise.defined()) check_noise(noise, c.flow());
@@ -304,7 +331,10 @@ SampleResult sample(const PipelineConfig& config, Components& c, const SamplePro
   // paths that start at pure source; sigma_max x0 for variance-exploding ones).
   const double prior_scale = field.coefficients(t_start).sigma.item<double>();
 
-  result.labels = sampling_labels(config, c.data(), n);
+  if (labels.defined() && (!noise.defined() || labels.dim() != 1 || labels.size(0) != n))
+    throw InputError(fmt::format("sampling: {} labels given for {} source points", labels.numel(), n));
+  result.labels = labels.defined() && c.data().labelled() ? labels.to(torch::kInt64)
+                                                          : sampling_labels(config, c.data(), n);
   std::vector<torch::Tensor> chunks, states;
   const auto start = std::chrono::steady_clock::now();
   for (std::int64_t done = 0; done < n; done += batch) {

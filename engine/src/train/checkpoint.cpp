@@ -25,14 +25,18 @@ std::map<std::string, std::string> training_keys(const PipelineConfig& config) {
     return names;
   }();
   // [train] keys that change how training is reported, saved or guarded, not what it computes.
-  static const std::set<std::string> free_train_keys = {"log_every", "progress_every", "checkpoint_every",
-                                                        "keep_checkpoints", "on_nonfinite"};
+  // max_seconds decides where training ends, not what a step computes: a resumed run may get
+  // more time.
+  static const std::set<std::string> free_train_keys = {
+      "log_every", "progress_every", "checkpoint_every", "keep_checkpoints", "on_nonfinite", "max_seconds"};
   std::map<std::string, std::string> keys;
   for (const auto& [table, component] : config.components) {
     if (!slots.count(table)) continue;
     // The identity autoencoder is what a pipeline without [autoencoder] has: runs from before the
     // slot existed keep their keys.
     if (table == "autoencoder" && component.type == "identity") continue;
+    // Flow matching, likewise, is what every run before the [objective] slot trained with.
+    if (table == "objective" && component.type == "flow_matching" && component.order.empty()) continue;
     keys[table + ".type"] = component.type;
     for (const auto& [key, value] : component.entry.values()) keys[table + "." + key] = format_value(value);
     for (const auto& key : component.order) keys[table + "." + key] = format_value(component.params.at(key));

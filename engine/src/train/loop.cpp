@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -30,6 +31,13 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// ", nfe 32 per step" for the objective's statistics (means per step).
+std::string statistics_text(const std::map<std::string, double>& statistics) {
+  std::string text;
+  for (const auto& [name, value] : statistics) text += fmt::format(", {} {:.4g} per step", name, value);
+  return text;
+}
+
 }  // namespace
 
 namespace {
@@ -43,6 +51,19 @@ struct LoopState {
   double window_sum = 0.0;
   std::int64_t window_n = 0;
   double elapsed = 0.0;  // training seconds before this process
+  // The objective's statistics (Objective::statistics, in that order): sums over the logging window
+  // (its window_n steps) and over every step so far (stat_steps of them), for metrics.csv's extra
+  // columns and the run's means.
+  std::vector<std::string> stat_names;
+  std::vector<double> stat_window, stat_total;
+  std::int64_t stat_steps = 0;
+
+  void name_statistics(const std::vector<std::string>& names) {
+    stat_names = names;
+    stat_window.assign(names.size(), 0.0);
+    stat_total.assign(names.size(), 0.0);
+    for (const auto& name : names) csv.insert(csv.size() - 1, "," + name);
+  }
 };
 
 // A checkpoint's payload (format 2): the trainer's state, the loop's, and the training keys it was
@@ -60,6 +81,12 @@ std::string checkpoint_payload(const Trainer& trainer, const LoopState& loop,
   state.add("loop.logged", torch::tensor(loop.logged, torch::kInt64));
   state.add("loop.window", torch::tensor({loop.window_sum, static_cast<double>(loop.window_n), loop.elapsed},
                                          torch::kFloat64));
+  if (!loop.stat_names.empty()) {
+    std::vector<double> sums = loop.stat_window;
+    sums.insert(sums.end(), loop.stat_total.begin(), loop.stat_total.end());
+    sums.push_back(static_cast<double>(loop.stat_steps));
+    state.add("loop.statistics", torch::tensor(sums, torch::kFloat64));
+  }
   return state.encode(file);
 }
 
@@ -107,6 +134,18 @@ void restore(const Checkpoint& checkpoint, Trainer& trainer, LoopState& loop) {
     if (csv == state.texts.end()) throw InputError(file + " lacks 'loop.csv'");
     restore_loop(loop, csv->second, state.at("loop.losses", file), state.at("loop.logged", file),
                  state.at("loop.window", file));
+    if (const torch::Tensor* sums = state.find("loop.statistics")) {
+      const std::size_t n = loop.stat_names.size();
+      const torch::Tensor s = sums->to(torch::kFloat64).contiguous();
+      if (static_cast<std::size_t>(s.numel()) != 2 * n + 1)
+        throw InputError(
+            fmt::format("{}: its loop.statistics holds {} values; this objective reports {} statistics", file,
+                        s.numel(), n));
+      const double* v = s.data_ptr<double>();
+      loop.stat_window.assign(v, v + n);
+      loop.stat_total.assign(v + n, v + 2 * n);
+      loop.stat_steps = static_cast<std::int64_t>(v[2 * n]);
+    }
   } else {
     torch::serialize::InputArchive archive = open_legacy_payload(checkpoint);
     try {
@@ -239,6 +278,7 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   CheckpointStore store(run_dir, tp.keep_checkpoints);
 
   LoopState loop;
+  if (c.model) loop.name_statistics(c.objective->statistics());
   if (options.resume_from) {
     restore(*options.resume_from, trainer, loop);
     result.resumed_from = trainer.steps_done();
@@ -273,7 +313,16 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
   auto last_live = start - std::chrono::seconds(1);
   const std::int64_t first = trainer.steps_done();
   double smoothed = 0.0, smoothing_weight = 0.0;
+  // [train] max_seconds: the training time so far, this session's and earlier ones'.
+  auto out_of_time = [&] {
+    return tp.max_seconds > 0 && loop.elapsed + seconds_since(start) >= tp.max_seconds;
+  };
+  bool budget_spent = false;
   for (std::int64_t step = first; step < steps; ++step) {
+    if (step == first && out_of_time()) {  // a resumed run whose budget was already spent
+      budget_spent = true;
+      break;
+    }
     double value = 0.0;
     trainer.request_stop(g_stop_signal != 0);
     try {
@@ -294,6 +343,13 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
     } else {
       loop.window_sum += value;
       ++loop.window_n;
+      for (std::size_t i = 0; i < loop.stat_names.size(); ++i) {
+        auto it = trainer.statistics().find(loop.stat_names[i]);
+        const double v = it == trainer.statistics().end() ? 0.0 : it->second;
+        loop.stat_window[i] += v;
+        loop.stat_total[i] += v;
+      }
+      if (!loop.stat_names.empty()) ++loop.stat_steps;
       // A bias-corrected exponential average for the live line.
       smoothed = 0.95 * smoothed + 0.05 * value;
       smoothing_weight = 0.95 * smoothing_weight + 0.05;
@@ -304,14 +360,20 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
         const double mean = loop.window_sum / static_cast<double>(loop.window_n);
         loop.losses.push_back(mean);
         loop.logged.push_back(step + 1);
-        const std::string row = fmt::format("{},{:.8g},{:.6g},{:.3f}\n", step + 1, mean, schedule.at(step),
-                                            loop.elapsed + elapsed);
+        std::string row =
+            fmt::format("{},{:.8g},{:.6g},{:.3f}", step + 1, mean, schedule.at(step), loop.elapsed + elapsed);
+        for (double& sum : loop.stat_window) {
+          row += fmt::format(",{:.6g}", sum / static_cast<double>(loop.window_n));
+          sum = 0.0;
+        }
+        row += "\n";
         loop.csv += row;
         if (csv.is_open())
           csv << row << std::flush;  // a row is there to be watched (tail -f) while the run goes on
       }
       loop.window_sum = 0.0;
       loop.window_n = 0;
+      std::fill(loop.stat_window.begin(), loop.stat_window.end(), 0.0);
     }
     const double rate = static_cast<double>(step + 1 - first) / std::max(elapsed, 1e-9);
     const std::string eta = duration_text(static_cast<double>(steps - step - 1) / rate);
@@ -327,7 +389,9 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
       log(fmt::format("step {:>6}/{}  loss {}  lr {:.2e}  {:.1f} steps/s  {:.1f}s  ETA {}", step + 1, steps,
                       loss_text, schedule.at(step), rate, loop.elapsed + elapsed, eta));
     }
-    const bool due = (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0) || step + 1 == steps;
+    budget_spent = step + 1 < steps && out_of_time();
+    const bool due =
+        (checkpoint_every > 0 && (step + 1) % checkpoint_every == 0) || step + 1 == steps || budget_spent;
     // Data parallel: the ranks stop together, after the step in which any of them was signalled.
     bool hook_stop = false;
     if (options.on_step) {
@@ -361,14 +425,21 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
                          : std::string(),
                       run_dir.string()));
     }
+    if (budget_spent) break;
   }
   const double seconds = seconds_since(start);
-  const std::int64_t done = steps - first;
-  result.steps = steps;
+  const std::int64_t done = trainer.steps_done() - first;
+  result.steps = trainer.steps_done();
+  if (budget_spent && log)
+    log(fmt::format("train: the time budget (train.max_seconds = {}) ended training after step {} of {}",
+                    tp.max_seconds, trainer.steps_done(), steps));
   result.skipped = trainer.skipped_steps();
   result.losses = loop.losses;
   result.logged = loop.logged;
   result.final_loss = loop.losses.empty() ? std::nan("") : loop.losses.back();
+  for (std::size_t i = 0; i < loop.stat_names.size(); ++i)
+    if (loop.stat_steps > 0)
+      result.statistics[loop.stat_names[i]] = loop.stat_total[i] / static_cast<double>(loop.stat_steps);
   result.seconds = seconds;
   result.samples_per_second = done > 0 ? static_cast<double>(done * tp.batch_size) / seconds : 0.0;
   // A training step costs about three forward passes (forward, and backward's two products).
@@ -382,10 +453,11 @@ TrainResult train(const PipelineConfig& config, Components& c, const std::filesy
                     1e3 * dp->seconds() / static_cast<double>(done)));
   if (log && done > 0)
     log(fmt::format(
-        "train: {} steps in {:.1f}s, {:.1f} samples/s{}{}", done, result.seconds, result.samples_per_second,
+        "train: {} steps in {:.1f}s, {:.1f} samples/s{}{}{}", done, result.seconds, result.samples_per_second,
         result.gflops > 0 ? fmt::format(", {:.1f} GFLOP/s (3 x 2 x MACs per sample)", result.gflops)
                           : std::string(),
-        result.skipped > 0 ? fmt::format(", {} non-finite batches skipped", result.skipped) : std::string()));
+        result.skipped > 0 ? fmt::format(", {} non-finite batches skipped", result.skipped) : std::string(),
+        statistics_text(result.statistics)));
   if (trainer.has_ema()) {
     torch::NoGradGuard no_grad;
     for (const auto& p : trained.parameters()) result.raw.push_back(p.detach().clone());

@@ -52,6 +52,12 @@ const std::vector<ParamSpec>& TrainSettings::specs() {
   static const std::vector<ParamSpec> specs = {
       ParamSpec::integer("steps", 2000, "optimizer steps (0: no training)").at_least(0),
       ParamSpec::integer("batch_size", 1024, "pairs per step").at_least(1),
+      ParamSpec::real(
+          "max_seconds", 0.0,
+          "a time budget: training ends after the step that reaches this many seconds of training "
+          "(earlier sessions of a resumed run count), even before `steps`, and the run goes on "
+          "to sample; 0: no budget. The learning-rate schedule still runs over `steps`")
+          .at_least(0),
       ParamSpec::choice("optimizer", keys_of(optimizers()), "adamw", described(optimizers())),
       ParamSpec::boolean(
           "fused_optimizer", true,
@@ -116,6 +122,7 @@ TrainSettings TrainSettings::read(const Params& t) {
   TrainSettings s;
   s.steps = t.integer("steps");
   s.batch_size = t.integer("batch_size");
+  s.max_seconds = t.real("max_seconds");
   s.optimizer = t.string("optimizer");
   s.fused_optimizer = t.boolean("fused_optimizer");
   s.lr = t.real("lr");

@@ -42,6 +42,24 @@ std::int64_t fault_step() {
   return std::atoll(fault + prefix.size());
 }
 
+// The model handed to the objective: forward calls go through plugin_call, so that an exception the
+// model throws names the [model], not the objective that called it.
+class NamedModel final : public Model {
+ public:
+  NamedModel(Model& model, const ComponentOrigin& origin) : model_(model), origin_(origin) {}
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const Condition& condition) override {
+    return plugin_call(origin_, "forward", [&] { return model_.forward(x, t, condition); });
+  }
+  bool trainable() const override { return model_.trainable(); }
+  double macs_per_sample() const override { return model_.macs_per_sample(); }
+  bool rows_independent() const override { return model_.rows_independent(); }
+  std::vector<std::string> times() const override { return model_.times(); }
+
+ private:
+  Model& model_;
+  const ComponentOrigin& origin_;
+};
+
 }  // namespace
 
 Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint64_t rank)
@@ -59,7 +77,6 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
       grad_clip_(config.train.grad_clip),
       ema_decay_(config.train.ema_decay),
       label_dropout_(config.train.label_dropout),
-      affine_path_(components.path->affine()),
       ema_warmup_(config.train.ema_warmup),
       bf16_(config.train.bf16()),
       skip_nonfinite_(config.train.on_nonfinite == "skip"),
@@ -87,6 +104,11 @@ Trainer::Trainer(const PipelineConfig& config, Components& components, std::uint
       torch::NoGradGuard no_grad;
       for (const auto& p : params_) ema_.push_back(p.detach().clone());
     }
+  }
+  if (components.model) {
+    if (!components.objective) throw Error("training a model needs an [objective] (none was built)");
+    named_model_ = std::make_shared<NamedModel>(*components.model, components.origin("model"));
+    for (const auto& name : components.objective->statistics()) statistics_[name] = 0.0;
   }
   model_.train();
 }
@@ -199,6 +221,7 @@ torch::Tensor Trainer::step() {
   const std::int64_t batch = all.x1.size(0);
 
   for (auto& p : params_) p.mutable_grad().reset();  // set_to_none: no zero-fill kernels
+  for (auto& [name, value] : statistics_) value = 0.0;
   // The whole batch is drawn at once (so that couplings see all of it and the draws do not depend
   // on `accumulate`); the model sees it in `accumulate` micro-batches whose gradients add up.
   torch::Tensor total;
@@ -234,24 +257,30 @@ torch::Tensor Trainer::step() {
       total = total.defined() ? total + loss.detach() : loss.detach();
       continue;
     }
-    torch::Tensor t_k = part(t), x0 = part(all.x0), x1 = part(all.x1), x_t = part(all.at.x_t);
-    PathCoefficients coef = plugin_call(c_.origin("path"), "coefficients",
-                                        [&] { return c_.path->coefficients(t_k).broadcast_to_rank(rank_); });
-    // An affine path's targets come from the parameterization; any other path's draw carries its
-    // velocity target (its pipelines predict the velocity: build_components checks).
-    torch::Tensor goal = affine_path_ ? plugin_call(c_.origin("parameterization"), "target",
-                                                    [&] { return c_.parameterization->target(x0, x1, coef); })
-                                      : part(all.at.velocity);
-    torch::Tensor output;
+    // The objective's batch: this micro-batch's rows, the path's coefficients at its times and the
+    // [train] loss_weighting's weights.
+    TrainingBatch b;
+    b.t = part(t);
+    b.x0 = part(all.x0);
+    b.x1 = part(all.x1);
+    b.at.x_t = part(all.at.x_t);
+    if (all.at.velocity.defined()) b.at.velocity = part(all.at.velocity);
+    b.coefficients = plugin_call(c_.origin("path"), "coefficients",
+                                 [&] { return c_.path->coefficients(b.t).broadcast_to_rank(rank_); });
+    b.weight = weighting_(b.coefficients, b.t);
+    b.condition = std::move(condition);
+    ObjectiveLoss out;
     {
       AutocastGuard autocast(bf16_, device);
-      output =
-          plugin_call(c_.origin("model"), "forward", [&] { return c_.model->forward(x_t, t_k, condition); });
+      out = plugin_call(c_.origin("objective"), "loss",
+                        [&] { return c_.objective->loss(*named_model_, b, gen_); });
     }
-    if (output.scalar_type() != goal.scalar_type()) output = output.to(goal.scalar_type());
-    torch::Tensor weight = weighting_(coef, t_k);
-    torch::Tensor loss =
-        weight.defined() ? (weight * (output - goal).square()).mean() : torch::mse_loss(output, goal);
+    if (!out.loss.defined() || out.loss.numel() != 1)
+      throw Error(
+          fmt::format("[objective] (type '{}'): its loss is not a scalar", c_.origin("objective").type));
+    torch::Tensor loss = out.loss.dim() == 0 ? out.loss : out.loss.reshape({});
+    if (loss.scalar_type() != torch::kFloat32) loss = loss.to(torch::kFloat32);
+    for (const auto& [name, value] : out.statistics) statistics_[name] += value;
     if (share != 1.0) loss = loss * share;
     loss.backward();
     total = total.defined() ? total + loss.detach() : loss.detach();

@@ -10,7 +10,7 @@
 // descriptor carries another number. It can be overridden on the command line only so that the
 // tests can build a plugin "from another SDK" for real.
 #ifndef PATHLINE_SDK_ABI_VERSION
-#define PATHLINE_SDK_ABI_VERSION 7
+#define PATHLINE_SDK_ABI_VERSION 8
 #endif
 
 // The LibTorch version a plugin was compiled against (overridable for the same reason).

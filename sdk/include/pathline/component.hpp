@@ -29,7 +29,8 @@
   X(solver, Solver)                     \
   X(time_grid, TimeGrid)                \
   X(metric, Metric)                     \
-  X(autoencoder, Autoencoder)
+  X(autoencoder, Autoencoder)           \
+  X(objective, Objective)
 
 namespace pathline {
 
@@ -140,11 +141,31 @@ inline torch::Tensor embedding_index(const Condition& condition, std::int64_t ba
 class Dataset;
 class Path;
 class Parameterization;
+class TimeSampler;
+
+// A trained run's flow (BuildContext::open_run): source points carried to its samples by the
+// run's own sampler ([solver], [time_grid], [sample] guidance_scale), in the space its flow runs in.
+// Reflow's teacher.
+class PATHLINE_API TrainedFlow {
+ public:
+  virtual ~TrainedFlow() = default;
+  // The space the run's flow runs in (shape, classes).
+  virtual DataInfo flow() const = 0;
+  // x0: [n, *flow().shape] source points as the run's [source] draws them; labels: [n] int64 (the
+  // class each sample is asked for, kNullLabel for none) or undefined. Returns the solver's end
+  // points [n, *shape], float32, on x0's device, without gradients.
+  virtual torch::Tensor transport(const torch::Tensor& x0, const torch::Tensor& labels) = 0;
+  // Model evaluations per transported point (guided evaluations count once).
+  virtual std::int64_t evaluations() const = 0;
+  // The file of the weights it samples with (a .safetensors of the model's parameter names), for a
+  // student that starts from them (Coupling::initial_weights).
+  virtual std::string weights_file() const = 0;
+};
 
 // What the engine knows when it builds a component. Components are built in pipeline order (data
-// set, autoencoder, source, path, coupling, time sampler, parameterization, model, solver, time grid,
-// metrics); later ones see the earlier ones, so that, say, an exact marginal-velocity model can be built from
-// the data set and the path.
+// set, autoencoder, source, path, coupling, time sampler, parameterization, objective, model, solver,
+// time grid, metrics); later ones see the earlier ones, so that, say, an exact marginal-velocity model can be
+// built from the data set and the path.
 struct BuildContext {
   DataInfo data;  // the target data set's; empty only while the data set itself is being built
   // The space the flow runs in: the samples the source draws, the path joins and the model takes
@@ -159,6 +180,15 @@ struct BuildContext {
   std::shared_ptr<Dataset> source;                           // once built: the [source] slot's
   std::shared_ptr<const Path> path;                          // once built
   std::shared_ptr<const Parameterization> parameterization;  // once built
+  std::shared_ptr<TimeSampler> time_sampler;                 // once built (ABI 8)
+  // Times the model must take beside t, as condition extras of these names: the [objective]'s
+  // Objective::model_times ({kIntervalEnd} for MeanFlow), set before the model is built. A model
+  // that cannot take one throws InputError; one that can lists it in Model::times().
+  std::vector<std::string> model_times;
+  // Opens a trained flow run's directory (config.toml and weights) as a TrainedFlow; InputError
+  // with one line saying what is wrong (no such directory, not a flow run, no weights). Set by the
+  // engine; empty in a context filled by hand.
+  std::function<std::shared_ptr<TrainedFlow>(const std::string& run_dir)> open_run;
 
   // The space the flow runs in: `flow`, or `data` when `flow` was left empty (a context filled by
   // hand, as tests do).
@@ -174,7 +204,8 @@ using ErasedFactory = std::function<std::shared_ptr<void>(const Params&, const B
 
 // How a component presents itself: its name in `type = "..."`, a one-line doc, its parameters, and
 // the types it suggests for later slots that a pipeline leaves out (pipeline order: dataset,
-// autoencoder, source, path, coupling, time_sampler, parameterization, model, solver, time_grid). The
+// autoencoder, source, path, coupling, time_sampler, parameterization, objective, model, solver,
+// time_grid). The
 // variance-exploding path suggests {{"solver", "heun"}}, which follows its flow closer than the default
 // euler. A pipeline that names the slot, or an earlier component's suggestion for it, wins.
 struct ComponentDecl {

@@ -14,6 +14,9 @@ class PATHLINE_API Coupling {
   // label moving with it. An independent coupling returns its inputs; an optimal-transport one
   // permutes them (and may use the labels, e.g. to pair only within a class).
   virtual std::pair<Batch, Batch> couple(Batch source, Batch target, at::Generator& gen) = 0;
+  // A weights file (.safetensors with the model's parameter names) the model starts training from
+  // instead of its initialisation: reflow's student starts as its teacher (ABI 8). "" by default.
+  virtual std::string initial_weights() const { return {}; }
 };
 
 }  // namespace pathline

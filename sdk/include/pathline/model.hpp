@@ -23,6 +23,10 @@ class PATHLINE_API Model : public torch::nn::Module {
   // The engine then evaluates large sampling batches on the CPU as blocks of rows, which keeps a
   // small network's activations in cache (ABI 6). The default, false, keeps every call whole.
   virtual bool rows_independent() const { return false; }
+  // The condition extras holding times it takes beside t ([B] each), by name: kIntervalEnd
+  // (objective.hpp) for a model built for an objective that trains on intervals (ABI 8). None by
+  // default.
+  virtual std::vector<std::string> times() const { return {}; }
 };
 
 }  // namespace pathline

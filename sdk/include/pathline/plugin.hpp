@@ -9,6 +9,7 @@
 #include "pathline/dataset.hpp"
 #include "pathline/metric.hpp"
 #include "pathline/model.hpp"
+#include "pathline/objective.hpp"
 #include "pathline/parameterization.hpp"
 #include "pathline/path.hpp"
 #include "pathline/solver.hpp"
@@ -57,14 +58,14 @@ class PATHLINE_API Registrar {
 
   // registrar.add<Path>({"linear", "x_t = t x1 + (1 - t) x0", {}}, factory). Interface is a kind's
   // interface (Dataset, Path, Coupling, TimeSampler, Parameterization, Model, Solver, TimeGrid,
-  // Metric, Autoencoder) or a class derived from one (FixedStepSolver registers a Solver).
+  // Metric, Autoencoder, Objective) or a class derived from one (FixedStepSolver registers a Solver).
   template <class Interface>
   void add(ComponentDecl decl, Factory<Interface> factory) {
     using Base = KindInterfaceOf<Interface>;
     static_assert(!std::is_void_v<Base>,
                   "add<Interface>/add_type<Interface, Concrete>: Interface must be one of the kind "
                   "interfaces (Dataset, Path, Coupling, TimeSampler, Parameterization, Model, Solver, "
-                  "TimeGrid, Metric, Autoencoder) or derive from one");
+                  "TimeGrid, Metric, Autoencoder, Objective) or derive from one");
     add_component(
         KindOf<Base>::value, std::move(decl),
         [factory = std::move(factory)](const Params& p, const BuildContext& ctx) -> std::shared_ptr<void> {

@@ -22,6 +22,14 @@ class PATHLINE_API VectorField {
   torch::Tensor score(const torch::Tensor& x, double t) { return predict(Quantity::score, x, t); }
   // The predicted data x1_hat (a final denoising step, data-prediction multistep solvers).
   torch::Tensor data(const torch::Tensor& x, double t) { return predict(Quantity::data, x, t); }
+  // The average velocity over [t, s] along the flow from x at t, (x_s - x_t) / (s - t): what a
+  // model trained on intervals ([objective] meanflow) predicts, so that x_s = x + (s - t) u is one
+  // step. A field whose model takes no interval gives the velocity at t, which makes that step an
+  // Euler step (ABI 8).
+  virtual torch::Tensor average_velocity(const torch::Tensor& x, double t, double s) {
+    (void)s;
+    return velocity(x, t);
+  }
 };
 
 struct SolveRequest {

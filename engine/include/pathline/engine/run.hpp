@@ -77,6 +77,14 @@ PATHLINE_API LoadedRun open_run(const std::filesystem::path& run_dir, const Regi
                                 const std::vector<std::string>& overrides,
                                 const std::optional<std::filesystem::path>& weights_file = std::nullopt);
 
+// A trained flow run as a TrainedFlow (BuildContext::open_run; reflow's teacher): its pipeline
+// rebuilt and its sampling weights loaded (open_run without overrides), transporting source points
+// with its own solver, time grid and guidance. InputError, one line naming the directory, for a
+// directory that is not a flow run, a run without weights, or a flow in an autoencoder's latent
+// space.
+PATHLINE_API std::shared_ptr<TrainedFlow> open_trained_flow(const std::filesystem::path& run_dir,
+                                                            const Registry& registry);
+
 // `pathline sample RUN_DIR`: rebuilds the run's pipeline from its config.toml (with overrides),
 // loads its weights (or `weights`: a .safetensors file with the model's parameter names, or an
 // older run's .pt archive), samples and evaluates into out_dir (default: a new RUN_DIR/sample-<solver>).

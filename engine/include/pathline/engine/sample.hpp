@@ -31,6 +31,9 @@ class PATHLINE_API ModelField final : public VectorField {
   }
 
   torch::Tensor predict(Quantity q, const torch::Tensor& x, double t) override;
+  // The model's average velocity over [t, s] when it takes the interval (Model::times holds
+  // kIntervalEnd; the parameterization is the velocity), else the velocity at t.
+  torch::Tensor average_velocity(const torch::Tensor& x, double t, double s) override;
   PathCoefficients coefficients(double t) const override;
   // Model evaluations so far (one guided evaluation counts once).
   std::int64_t evaluations() const { return evaluations_; }
@@ -49,6 +52,8 @@ class PATHLINE_API ModelField final : public VectorField {
   std::int64_t evaluations_ = 0;
 
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const Condition& condition);
+  // The model's output at (x, t) with guidance, and the condition extras `extras` ([n] each).
+  torch::Tensor guided(const torch::Tensor& x, double t, const Extras& extras);
   PathCoefficients path_coefficients(const torch::Tensor& t) const;
 };
 
@@ -99,8 +104,10 @@ PATHLINE_API std::vector<double> solver_times(const Components& components, doub
 // 100 steps, 19% at 50, 38% at 25, 70% at 12, and its samples of the checkerboard (a quickstart model
 // trained 1500 steps) score energy distances 0.019, 0.036, 0.11 and 0.58 against midpoint's 0.012 at
 // 20 steps; heun with 50 steps is 1.1% off and scores 0.012.
+// `intervals`: the model takes an interval (Model::times holds kIntervalEnd), so the field's
+// average velocity is the exact flow's; otherwise it is the velocity at t, as the model's would be.
 PATHLINE_API double noise_scale_error(Solver& solver, const TimeGrid& grid, const Path& path, double t_start,
-                                      double t_end);
+                                      double t_end, bool intervals = false);
 // The most a pipeline's solver may miss by at its default steps: 15%, where the measurements above put
 // the loss at about 0.02 of energy distance. Over it, building the pipeline (validate, run, sample)
 // refuses it when [solver] steps was left at its default, and notes it when the user chose the steps
@@ -129,8 +136,11 @@ using SampleProgress = std::function<void(std::int64_t done, std::int64_t total,
 // Source points to start sampling from must be [n, *shape] with n >= 1, finite: InputError otherwise.
 PATHLINE_API void check_noise(const torch::Tensor& noise, const DataInfo& data);
 // `noise`, when given: the source points x0 to start from, [n, *shape] (n replaces [sample] n),
-// instead of drawing them from the [source]; the same points give the same samples.
+// instead of drawing them from the [source]; the same points give the same samples. `labels`, when
+// given with noise: the class each of them is asked for ([n] int64, kNullLabel: unconditional)
+// instead of [sample] labels.
 PATHLINE_API SampleResult sample(const PipelineConfig& config, Components& components,
-                                 const SampleProgress& progress = {}, const torch::Tensor& noise = {});
+                                 const SampleProgress& progress = {}, const torch::Tensor& noise = {},
+                                 const torch::Tensor& labels = {});
 
 }  // namespace pathline

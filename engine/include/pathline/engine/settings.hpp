@@ -32,6 +32,7 @@ struct RunSettings {
 // [train] (engine/src/train/settings.cpp)
 struct TrainSettings {
   std::int64_t steps = 2000, batch_size = 1024;
+  double max_seconds = 0.0;         // 0: no time budget
   std::string optimizer = "adamw";  // a key of optimizers()
   bool fused_optimizer = true;
   double lr = 1e-3;

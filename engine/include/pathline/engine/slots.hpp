@@ -35,6 +35,9 @@ enum SlotPhase : unsigned { kTrainPhase = 1u, kSamplePhase = 2u, kEvaluatePhase 
     "the distribution of training times t in [0, 1]")                                                      \
   X(parameterization, Parameterization, "velocity", false, kTrainPhase | kSamplePhase,                     \
     "what the model predicts (velocity, noise, data, score) and how that converts to a velocity")          \
+  X(objective, Objective, "flow_matching", false, kTrainPhase | kSamplePhase,                              \
+    "what a training step minimises: conditional flow matching, maximum likelihood through an ODE solve "  \
+    "(cnf_mle), or average velocities for one-step sampling (meanflow)")                                   \
   X(model, Model, "", true, kTrainPhase | kSamplePhase,                                                    \
     "the network that predicts the parameterization's target from (x_t, t)")                               \
   X(solver, Solver, "euler", false, kSamplePhase,                                                          \

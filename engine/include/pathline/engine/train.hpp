@@ -96,6 +96,9 @@ class PATHLINE_API Trainer {
   // updated, last_step_skipped() says so).
   torch::Tensor step();
   std::int64_t steps_done() const { return step_; }
+  // What the [objective] reported about the last step (Objective::statistics, summed over the
+  // step's micro-batches; cnf_mle: "nfe"), by name; empty for flow matching.
+  const std::map<std::string, double>& statistics() const { return statistics_; }
   bool last_step_skipped() const { return last_skipped_; }
   std::int64_t skipped_steps() const { return skipped_; }
 
@@ -157,7 +160,10 @@ class PATHLINE_API Trainer {
   LossWeighting weighting_;
   std::int64_t batch_, rank_, accumulate_;
   double grad_clip_, ema_decay_, label_dropout_;
-  bool affine_path_;  // the path's sample() is the affine default: targets from the parameterization
+  // The model as the objective sees it: its forward calls name the [model] in exceptions.
+  std::shared_ptr<Model> named_model_;
+  // The objective's statistics of the last step (summed over its micro-batches), by name.
+  std::map<std::string, double> statistics_;
   bool ema_warmup_, bf16_, skip_nonfinite_;
   std::int64_t fault_step_;  // PATHLINE_FAULT=kill-in-step:N (a testing aid), else -1
   std::int64_t step_ = 0, skipped_ = 0;
@@ -176,6 +182,8 @@ struct TrainResult {
   std::vector<torch::Tensor> raw, ema;
   std::vector<double> losses;        // one per logged window, as in metrics.csv
   std::vector<std::int64_t> logged;  // the step of each entry of losses
+  // The [objective]'s statistics (cnf_mle: "nfe"), each a mean per step over the run's steps.
+  std::map<std::string, double> statistics;
 };
 
 // Where training stands after a step, for a caller's own progress display and stop button.
