@@ -380,6 +380,9 @@ TEST(Swaps, EverySolverSamplesEveryPathWithDefaults) {
     const double reference = energy("midpoint", {"solver.steps=20"});
     std::cout << "[ solvers  ] " << path << " x midpoint 20: " << reference << "\n";
     for (const std::string& solver : registry.names(Kind::solver)) {
+      // meanflow steps with the average velocity of a model trained on intervals ([objective]
+      // meanflow); on this flow-matching model it is one Euler step by design (test_objectives.cpp).
+      if (solver == "meanflow") continue;
       // The pipeline with this solver at its defaults: refused at validation, or it samples well
       // (from the trained run, at the solver's default steps).
       const PipelineConfig fresh =
