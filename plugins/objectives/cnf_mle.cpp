@@ -65,11 +65,7 @@ class CnfMle final : public Objective {
         rtol_(p.real("rtol")),
         atol_(p.real("atol")) {
     require_flow_parts(ctx, "cnf_mle");
-    if (ctx.parameterization->predicts() != Quantity::velocity)
-      throw InputError(
-          "cnf_mle: the likelihood integrates the model's velocity; set [parameterization] type = "
-          "\"velocity\" (it predicts the " +
-          std::string(to_string(ctx.parameterization->predicts())) + ")");
+    require_velocity(ctx, "cnf_mle", "the likelihood integrates the model's velocity");
     const DataInfo& flow = ctx.flow_space();
     if (flow.shape.empty()) throw InputError("cnf_mle: the data shape is unknown");
     dims_ = flow.numel();

@@ -24,11 +24,7 @@ class MeanFlow final : public Objective {
         power_(p.real("adaptive_power")),
         offset_(p.real("adaptive_offset")) {
     require_flow_parts(ctx, "meanflow");
-    if (ctx.parameterization->predicts() != Quantity::velocity)
-      throw InputError(
-          "meanflow: the model predicts the average velocity; set [parameterization] type = "
-          "\"velocity\" (it predicts the " +
-          std::string(to_string(ctx.parameterization->predicts())) + ")");
+    require_velocity(ctx, "meanflow", "the model predicts the average velocity");
     if (!ctx.time_sampler)
       throw InputError(
           "meanflow: the time sampler must be built first (the engine builds [objective] after it)");

@@ -20,4 +20,14 @@ inline void require_flow_parts(const BuildContext& ctx, const char* objective) {
                      "after them)");
 }
 
+// Objectives whose model output is a velocity (its average, for meanflow): InputError naming the
+// objective, `why`, and what the parameterization predicts instead.
+inline void require_velocity(const BuildContext& ctx, const char* objective, const std::string& why) {
+  const Quantity predicted = ctx.parameterization->predicts();
+  if (predicted != Quantity::velocity)
+    throw InputError(std::string(objective) + ": " + why +
+                     "; set [parameterization] type = \"velocity\" (it predicts the " + to_string(predicted) +
+                     ")");
+}
+
 }  // namespace pathline::objectives
